@@ -1,0 +1,162 @@
+"""The one episode schema shared by the simulator, the RLDS writer/reader, the bridge and the learner.
+
+Why one module: every edge that accepts an episode (data generation, RLDS read, gRPC ingest) validates
+against the same definition, so a shape or dtype mistake is caught where it enters, with the field named,
+instead of deep inside a jitted update.
+
+RLDS step convention (the same as the public RLDS datasets): an episode of T actions is stored as T + 1
+steps. Step t holds observation s_t, the action a_t taken from it and the reward r_t received for it.
+The final step (``is_last``) holds the final observation s_T with a zero action and zero reward; it is
+``is_terminal`` only when the episode ended in a true terminal state (success), never on a time-out.
+In memory (`Episode`) we keep the T + 1 observations and the T actions/rewards without padding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import uuid
+from typing import Any, Mapping
+
+import numpy as np
+
+# Fixed sizes for every task of the suite (one embodiment, one action space).
+ACTION_DIM = 5  # manipspace action: dx, dy, dz, dyaw, gripper; bounds [-1, 1].
+STATE_DIM = 64  # task state, zero-padded to this size for every task; `state_mask` marks the real part.
+PROPRIO_DIM = 16  # arm/gripper proprioception, the same layout for every task.
+IMAGE_SHAPE = (64, 64, 3)  # optional camera image (only when rendering is available).
+ACTION_LOW, ACTION_HIGH = -1.0, 1.0
+
+
+class Source(str, enum.Enum):
+    """Where an episode came from; stored in `episode_metadata/source`."""
+
+    DEMO = "demo"  # scripted expert at zero or small noise
+    ROLLOUT = "rollout"  # a policy's autonomous rollout (noisy expert offline, the fleet online)
+    EXPLORATION = "exploration"  # deliberate exploration / injected failure modes
+    INTERVENTION = "intervention"  # a rollout in which the (simulated) human took over at least once
+
+
+class SchemaError(ValueError):
+    """An episode (or one of its fields) does not match the schema.
+
+    The message always names the field, what was expected and what was received, and — where known — the
+    dataset and episode, so a user can find the bad record without a debugger.
+    """
+
+
+@dataclasses.dataclass
+class Episode:
+    """One whole episode in memory. Shapes: T actions, T + 1 observations.
+
+    observation: dict with
+      state:      [T+1, STATE_DIM] float32 (zero-padded task state)
+      state_mask: [T+1, STATE_DIM] bool    (True on the task's real state entries)
+      proprio:    [T+1, PROPRIO_DIM] float32
+      image:      [T+1, 64, 64, 3] uint8   (optional)
+    action:       [T, ACTION_DIM] float32
+    reward:       [T] float32
+    intervention: [T] bool (True where the human/teleoperator chose the action)
+    subgoals:     [T+1] int32, number of the task's sub-goals reached so far (for the step-wise score)
+    terminal:     the episode ended in a true terminal state (success) rather than a time-out
+    """
+
+    observation: dict[str, np.ndarray]
+    action: np.ndarray
+    reward: np.ndarray
+    intervention: np.ndarray
+    subgoals: np.ndarray
+    terminal: bool
+    language_instruction: str
+    task: str
+    robot_id: str = "sim-0"
+    policy_version: int = 0
+    source: str = Source.DEMO.value
+    success: bool = False
+    num_subgoals: int = 1
+    episode_id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
+
+    @property
+    def num_steps(self) -> int:
+        """Number of actions taken (T)."""
+        return int(self.action.shape[0])
+
+    def metadata(self) -> dict[str, Any]:
+        """The `episode_metadata` written to RLDS."""
+        return {
+            "episode_id": self.episode_id,
+            "task": self.task,
+            "robot_id": self.robot_id,
+            "policy_version": int(self.policy_version),
+            "source": self.source,
+            "success": bool(self.success),
+            "num_subgoals": int(self.num_subgoals),
+        }
+
+
+def _check_array(
+    where: str, field: str, value: Any, shape: tuple[int, ...], dtype: np.dtype | type
+) -> np.ndarray:
+    """Returns `value` as an array after checking shape and dtype kind; raises SchemaError naming `field`."""
+    if not isinstance(value, np.ndarray):
+        raise SchemaError(f"{where}: field '{field}' must be a numpy array, got {type(value).__name__}")
+    if value.shape != shape:
+        raise SchemaError(f"{where}: field '{field}' expected shape {shape}, got {value.shape}")
+    want = np.dtype(dtype)
+    if value.dtype != want:
+        raise SchemaError(f"{where}: field '{field}' expected dtype {want}, got {value.dtype}")
+    if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+        bad = np.argwhere(~np.isfinite(value))[0].tolist()
+        raise SchemaError(f"{where}: field '{field}' holds a non-finite value at index {bad}")
+    return value
+
+
+def validate_episode(
+    ep: Episode,
+    *,
+    known_tasks: Mapping[str, Any] | None = None,
+    max_steps: int | None = None,
+    where: str = "episode",
+) -> Episode:
+    """Checks every field of `ep` against the schema; returns it unchanged or raises SchemaError.
+
+    `known_tasks` (a task registry) rejects unknown task names; `max_steps` bounds the length, so a
+    runaway recorder cannot fill the learner's disk with one episode.
+    """
+    where = f"{where} {ep.episode_id} (task {ep.task!r})"
+    if known_tasks is not None and ep.task not in known_tasks:
+        raise SchemaError(f"{where}: field 'task' names an unknown task {ep.task!r}; known: {sorted(known_tasks)}")
+    if not isinstance(ep.action, np.ndarray) or ep.action.ndim != 2:
+        raise SchemaError(f"{where}: field 'action' expected a [T, {ACTION_DIM}] array, got {getattr(ep.action, 'shape', type(ep.action))}")
+    t = ep.action.shape[0]
+    if t < 1:
+        raise SchemaError(f"{where}: field 'action' expected at least 1 step, got 0")
+    if max_steps is not None and t > max_steps:
+        raise SchemaError(f"{where}: field 'action' expected at most {max_steps} steps, got {t}")
+    _check_array(where, "action", ep.action, (t, ACTION_DIM), np.float32)
+    if np.any(np.abs(ep.action) > ACTION_HIGH + 1e-5):
+        raise SchemaError(f"{where}: field 'action' expected values in [{ACTION_LOW}, {ACTION_HIGH}], got max |a| = {np.abs(ep.action).max():.3f}")
+    _check_array(where, "reward", ep.reward, (t,), np.float32)
+    _check_array(where, "intervention", ep.intervention, (t,), np.bool_)
+    _check_array(where, "subgoals", ep.subgoals, (t + 1,), np.int32)
+    obs = ep.observation
+    if not isinstance(obs, dict):
+        raise SchemaError(f"{where}: field 'observation' must be a dict, got {type(obs).__name__}")
+    for key in ("state", "state_mask", "proprio"):
+        if key not in obs:
+            raise SchemaError(f"{where}: field 'observation/{key}' is missing")
+    _check_array(where, "observation/state", obs["state"], (t + 1, STATE_DIM), np.float32)
+    _check_array(where, "observation/state_mask", obs["state_mask"], (t + 1, STATE_DIM), np.bool_)
+    _check_array(where, "observation/proprio", obs["proprio"], (t + 1, PROPRIO_DIM), np.float32)
+    if "image" in obs:
+        _check_array(where, "observation/image", obs["image"], (t + 1, *IMAGE_SHAPE), np.uint8)
+    extra = set(obs) - {"state", "state_mask", "proprio", "image"}
+    if extra:
+        raise SchemaError(f"{where}: field 'observation' has unknown keys {sorted(extra)}")
+    if not isinstance(ep.language_instruction, str) or not ep.language_instruction.strip():
+        raise SchemaError(f"{where}: field 'language_instruction' must be a non-empty string")
+    if ep.source not in {s.value for s in Source}:
+        raise SchemaError(f"{where}: field 'source' expected one of {[s.value for s in Source]}, got {ep.source!r}")
+    if ep.terminal and not ep.success:
+        raise SchemaError(f"{where}: field 'terminal' is True but 'success' is False (only success terminates)")
+    return ep
