@@ -1,0 +1,142 @@
+"""The main experiment: one policy for every task of the simulated suite.
+
+Offline stage (BC pretrain, then DIVL + QAM on the offline RLDS data):
+
+    python -m experiments.train --config=experiments/configs/multitask.py --config.stage=offline
+
+Variants, selected after the colon: `multitask.py:smoke` (tiny nets and budgets: what the tests train and
+resume), `multitask.py:gpu` (the public QAM reference sizes: 4x512 MLPs, batch 256, for an accelerator).
+Any field can be overridden on the command line, e.g. `--config.agent.actor_lr=1e-4`; an unknown field
+is an error naming it.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from lwd_jax.data.schema import ACTION_DIM
+
+
+def get_agent_config() -> ml_collections.ConfigDict:
+    """Nets, optimizers, DIVL and QAM. CPU-sized by default (see ALGORITHMS.md 'Compute budget')."""
+    a = ml_collections.ConfigDict()
+    a.action_horizon = 5  # H: action chunk length (QAM code's default; the paper uses 30 at 30 Hz)
+    a.action_dim = ACTION_DIM
+    a.use_image = False  # CPU fleets use state + language; images need EGL rendering on a GPU machine
+    a.lang_proj_dim = 64
+    a.encoder_hidden = (256,)
+    a.encoder_dim = 256
+    a.actor_hidden = (256, 256, 256)
+    a.critic_hidden = (256, 256, 256)
+    a.value_hidden = (256, 256, 256)
+    a.activation = "gelu"
+    a.num_critics = 2  # clipped double Q (paper)
+    a.actor_lr = 3e-4
+    a.critic_lr = 3e-4
+    a.grad_clip = 10.0
+    a.base_ema = 0.005
+    a.intervention_bc_weight = 0.0  # >0: human-driven chunks count extra in the base flow's BC
+    a.freeze_encoder_online = True  # LWD freezes the policy's vision-language backbone online
+    a.fsdp_min_size = 2**18  # leaves at least this large are split over the `fsdp` mesh axis
+    a.divl = ml_collections.ConfigDict(
+        dict(
+            value_type="distributional",  # | "expectile" (IQL ablation)
+            num_atoms=201,  # paper
+            v_min=-0.1,  # paper: [-0.1, 1.1] for 0/1 success rewards
+            v_max=1.1,
+            tau_mode="adaptive",  # | "constant" (ablation)
+            tau_base_offline=0.6,  # paper
+            tau_base_online=0.9,  # paper
+            alpha=0.3,  # paper
+            tau_min=0.4,  # ours (paper gives none)
+            tau_max=0.95,  # ours
+            tau_const=0.6,
+            expectile=0.7,
+            target_agg="min",
+            critic_target="divl",  # | "policy" (QAM reference's target, for comparison)
+            rho=0.5,
+            target_ema=0.005,  # paper
+        )
+    )
+    a.qam = ml_collections.ConfigDict(
+        dict(
+            flow_steps=10,  # K (QAM code default)
+            inv_temp=0.5,  # 1/lambda, LWD: lambda = 2
+            residual=False,
+            clip_adjoint_actions=True,
+            action_low=-1.0,
+            action_high=1.0,
+            best_of_n=1,
+            base_reference="frozen",  # LWD: frozen BC checkpoint | "ema" | "online" (QAM code)
+            adjoint_critic="target",
+            scan_unroll=1,
+        )
+    )
+    return a
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.stage = "offline"  # "offline": pretrain + offline RL | "online": the fleet loop | "all"
+    c.workdir = "runs/multitask"
+    c.resume = True  # continue from the latest checkpoint in workdir when there is one
+    c.tasks = "all"  # comma-separated task names, or "all" for every task in the registry
+
+    c.data = ml_collections.ConfigDict()
+    c.data.offline_dir = "data/offline"
+    c.data.gamma = 0.998  # per control step; cycle time enters through it (paper: 0.9999 at 30 Hz)
+    c.data.n_chunks_offline_long = 10  # paper: n = 10 chunks offline on long tasks
+    c.data.n_chunks_offline_short = 1  # paper: n = 1 on short tasks
+    c.data.n_chunks_online = 1  # paper: n = 1 online for all tasks
+    c.data.stride = 1
+    c.data.task_balanced = True
+    c.data.online_fraction = 0.5  # paper: offline:online about 1:1
+    c.data.online_capacity = 1_000_000
+
+    c.agent = get_agent_config()
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+
+    c.batch_size = 256
+    c.updates_per_call = 10  # lax.scan over this many batches per jitted call
+    c.pretrain_steps = 20_000
+    c.offline_steps = 20_000
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every = 10_000
+    c.eval.episodes_per_task = 10
+    c.eval.workers = 2
+    c.eval.seed = 12345
+
+    c.checkpoint_every = 5_000
+    c.keep_checkpoints = 3
+    c.log_every = 500
+
+    if variant == "smoke":
+        c.workdir = "runs/smoke"
+        c.batch_size = 16
+        c.updates_per_call = 2
+        c.pretrain_steps = 4
+        c.offline_steps = 4
+        c.eval.every = 4
+        c.eval.episodes_per_task = 1
+        c.eval.workers = 1
+        c.checkpoint_every = 2
+        c.log_every = 2
+        for k in ("encoder_hidden", "actor_hidden", "critic_hidden", "value_hidden"):
+            c.agent[k] = (32,)
+        c.agent.encoder_dim = 32
+        c.agent.lang_proj_dim = 8
+        c.agent.divl.num_atoms = 21
+        c.agent.qam.flow_steps = 3
+    elif variant == "gpu":
+        c.workdir = "runs/multitask_gpu"
+        for k in ("actor_hidden", "critic_hidden", "value_hidden"):
+            c.agent[k] = (512, 512, 512, 512)
+        c.agent.encoder_hidden = (512,)
+        c.agent.encoder_dim = 512
+        c.pretrain_steps = 100_000
+        c.offline_steps = 200_000
+    elif variant:
+        raise ValueError(f"multitask config: unknown variant {variant!r}; expected '', 'smoke' or 'gpu'")
+    return c

@@ -1,0 +1,340 @@
+"""The LWD agent: one parameter tree (policy, base flow, frozen reference, critic, target critic, value),
+pure `init` / `pretrain_update` / `update` / `sample_actions`, jitted with explicit shardings.
+
+Why a state pytree plus a plain builder object: everything that changes during training (params,
+optimizer states, RNG, step) lives in `AgentState`, a pytree of arrays that jit, orbax and shardings handle
+uniformly; everything static (modules, optimizers, configs) lives in `LWDAgent`, which closes over it to
+build the pure functions. Gradients flow only where a sub-tree is passed as the differentiated argument.
+
+Update order per batch (ALGORITHMS.md): value psi -> TD target from the updated psi -> critic phi ->
+target-critic EMA -> QAM policy extraction -> base-flow BC (when the base is kept trained) -> its EMA.
+
+Batch layout (leading axis B; `lwd_jax.data.batching` builds it on the host):
+  observations, next_observations: {state [B,S], state_mask [B,S], proprio [B,P], lang [B,L], image?}
+  actions [B,H,A] in [-1,1]; action_valid [B,H]; reward [B]; discount [B]; intervention [B]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from lwd_jax import sharding as shd
+from lwd_jax.algos import bc, divl, qam
+from lwd_jax.algos.common import ema_update
+from lwd_jax.nets.critic import CriticEnsemble
+from lwd_jax.nets.encoder import EncodedNet, ObsEncoder
+from lwd_jax.nets.flow import VelocityField
+from lwd_jax.nets.value import CategoricalValue, ScalarValue
+
+Batch = dict[str, Any]
+Metrics = dict[str, jax.Array]
+TRAINED = ("actor", "base", "critic", "value")  # sub-trees with an optimizer
+
+
+@flax.struct.dataclass
+class AgentState:
+    """Everything that changes while training; a pytree of arrays (checkpointed whole)."""
+
+    step: jax.Array  # int32 scalar: learner updates done
+    rng: jax.Array  # uint32 [2] raw key data (portable across checkpoint restores)
+    params: dict[str, Any]  # actor, base, base_ref, critic, critic_target, value
+    opt_state: dict[str, Any]  # one optax state per name in TRAINED
+
+
+def _encoder(cfg: ml_collections.ConfigDict) -> ObsEncoder:
+    return ObsEncoder(
+        use_image=cfg.use_image,
+        lang_proj_dim=cfg.lang_proj_dim,
+        hidden_dims=tuple(cfg.encoder_hidden),
+        out_dim=cfg.encoder_dim,
+        activation=cfg.activation,
+    )
+
+
+def divl_config(cfg: ml_collections.ConfigDict, stage: str) -> divl.DIVLConfig:
+    """DIVL settings of one stage: the paper uses tau_base 0.6 offline and 0.9 online."""
+    d = dict(cfg.divl)
+    d["tau_base"] = d.pop("tau_base_online") if stage == "online" else d.pop("tau_base_offline")
+    d.pop("tau_base_online", None)
+    d.pop("tau_base_offline", None)
+    return divl.DIVLConfig(**d)
+
+
+class LWDAgent:
+    """Builds the nets and optimizers from `config.agent` and the jitted pure functions over a mesh."""
+
+    def __init__(self, cfg: ml_collections.ConfigDict, mesh: Mesh | None = None):
+        self.cfg = cfg
+        self.mesh = mesh if mesh is not None else shd.make_mesh()
+        self.action_shape = (cfg.action_horizon, cfg.action_dim)
+        vel = functools.partial(
+            VelocityField, cfg.action_horizon, cfg.action_dim, tuple(cfg.actor_hidden), cfg.activation
+        )
+        self.actor_net = EncodedNet(_encoder(cfg), vel(final_init_scale=0.0 if cfg.qam.residual else 1.0))
+        self.base_net = EncodedNet(_encoder(cfg), vel())
+        self.critic_net = EncodedNet(
+            _encoder(cfg), CriticEnsemble(cfg.num_critics, tuple(cfg.critic_hidden), cfg.activation)
+        )
+        value_head = (
+            CategoricalValue(cfg.divl.num_atoms, tuple(cfg.value_hidden), cfg.activation)
+            if cfg.divl.value_type == "distributional"
+            else ScalarValue(tuple(cfg.value_hidden), cfg.activation)
+        )
+        self.value_net = EncodedNet(_encoder(cfg), value_head)
+        self.qam_cfg = qam.QAMConfig(**dict(cfg.qam))
+        self.flow_cfg = self.qam_cfg.flow
+
+        def opt(lr: float) -> optax.GradientTransformation:
+            return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adam(lr))
+
+        self.tx = {
+            "actor": opt(cfg.actor_lr),
+            "base": opt(cfg.actor_lr),
+            "critic": opt(cfg.critic_lr),
+            "value": opt(cfg.critic_lr),
+        }
+        self._jitted: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------------------------- init
+    def _init(self, rng: jax.Array, example_obs: dict[str, jax.Array]) -> AgentState:
+        ks = jax.random.split(rng, 6)
+        b = jax.tree.leaves(example_obs)[0].shape[0]
+        x = jnp.zeros((b, *self.action_shape), jnp.float32)
+        t = jnp.zeros((b,), jnp.float32)
+        base = self.base_net.init(ks[0], example_obs, x, t)
+        actor = self.actor_net.init(ks[1], example_obs, x, t)
+        critic = self.critic_net.init(ks[2], example_obs, x)
+        value = self.value_net.init(ks[3], example_obs)
+        params = {
+            "actor": actor,
+            "base": base,
+            "base_ref": base,
+            "critic": critic,
+            "critic_target": critic,
+            "value": value,
+        }
+        opt_state = {k: self.tx[k].init(params[k]) for k in TRAINED}
+        return AgentState(jnp.zeros((), jnp.int32), jax.random.key_data(ks[5]), params, opt_state)
+
+    def state_shardings(self, abstract_state: AgentState) -> AgentState:
+        """Replicated scalars/RNG; params and optimizer states replicated or FSDP by `config.fsdp_min_size`."""
+        rep = shd.replicated(self.mesh)
+        return AgentState(
+            step=rep,
+            rng=rep,
+            params=shd.tree_param_shardings(self.mesh, abstract_state.params, self.cfg.fsdp_min_size),
+            opt_state=shd.tree_param_shardings(self.mesh, abstract_state.opt_state, self.cfg.fsdp_min_size),
+        )
+
+    def init(self, seed: int, example_obs: dict[str, Any]) -> AgentState:
+        """Creates the state already placed on the mesh (no full host copy first)."""
+        rng = jax.random.PRNGKey(seed)
+        abstract = jax.eval_shape(self._init, rng, example_obs)
+        out = self.state_shardings(abstract)
+        return jax.jit(self._init, out_shardings=out)(rng, example_obs)
+
+    def abstract_state(self, example_obs: dict[str, Any]) -> AgentState:
+        """ShapeDtypeStructs with shardings: the target a checkpoint restores into."""
+        abstract = jax.eval_shape(self._init, jax.random.PRNGKey(0), example_obs)
+        shard = self.state_shardings(abstract)
+        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shard)
+
+    # ----------------------------------------------------------------------------- apply helpers
+    def _velocity(self, net: EncodedNet, params: Any):
+        return lambda obs, x, t: net.apply(params, obs, x, t)
+
+    def _apply(self, net: EncodedNet):
+        return lambda params, *args: net.apply(params, *args)
+
+    def policy_velocity(self, params: dict[str, Any]):
+        """The fine-tuned field v_theta with params bound (v_beta + delta when residual)."""
+        v_ref = self._velocity(self.base_net, params["base_ref"])
+        return qam.fine_velocity(self._apply(self.actor_net), params["actor"], v_ref, self.qam_cfg.residual)
+
+    # ------------------------------------------------------------------------------ pure updates
+    @staticmethod
+    def _sgd(tx, params, opt_state, grads):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, optax.tree.norm(grads)
+
+    def _pretrain_step(self, state: AgentState, batch: Batch) -> tuple[AgentState, Metrics]:
+        """Flow-matching BC of the base flow (the "pretrained VLA"); the policy and reference follow it."""
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        p = state.params
+
+        def loss_fn(bp):
+            return bc.flow_matching_loss(
+                self._apply(self.base_net), bp, batch["observations"], batch["actions"], rng, batch["action_valid"]
+            )
+
+        (loss, info), grads = jax.value_and_grad(loss_fn, has_aux=True)(p["base"])
+        base, opt_base, gnorm = self._sgd(self.tx["base"], p["base"], state.opt_state["base"], grads)
+        params = dict(p, base=base, base_ref=base)
+        if not self.qam_cfg.residual:  # the policy starts where the pretrained base is
+            params["actor"] = base
+        opt_state = dict(state.opt_state, base=opt_base)
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), {**info, "bc_grad_norm": gnorm}
+
+    def _rl_step(self, state: AgentState, batch: Batch, stage: str) -> tuple[AgentState, Metrics]:
+        """One full DIVL + QAM update (same losses offline and online; `stage` picks tau_base and freezing)."""
+        cfg = self.cfg
+        dcfg = divl_config(cfg, stage)
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        r_qam, r_bc, r_next = jax.random.split(rng, 3)
+        p, o = dict(state.params), dict(state.opt_state)
+        obs = batch["observations"]
+        critic_apply, value_apply = self._apply(self.critic_net), self._apply(self.value_net)
+        metrics: Metrics = {}
+
+        # 1. value distribution psi on data actions
+        (_, vinfo), g = jax.value_and_grad(
+            lambda vp: divl.value_loss(value_apply, vp, critic_apply, p["critic_target"], batch, dcfg), has_aux=True
+        )(p["value"])
+        p["value"], o["value"], metrics["value_grad_norm"] = self._sgd(self.tx["value"], p["value"], o["value"], g)
+        metrics.update(vinfo)
+
+        # 2. TD target from the updated psi (or the policy-action target of the QAM reference)
+        if dcfg.critic_target == "divl":
+            y, tinfo = divl.divl_target(value_apply, p["value"], batch, dcfg)
+        else:
+            nobs = batch["next_observations"]
+            a_next = qam.sample_actions(self.policy_velocity(p), nobs, r_next, self.action_shape, self.qam_cfg)
+            y, tinfo = divl.policy_action_target(critic_apply, p["critic_target"], batch, a_next, dcfg.rho)
+        metrics.update(tinfo)
+
+        # 3. critic phi, 4. target EMA
+        (_, cinfo), g = jax.value_and_grad(
+            lambda cp: divl.critic_loss(critic_apply, cp, batch, y), has_aux=True
+        )(p["critic"])
+        p["critic"], o["critic"], metrics["critic_grad_norm"] = self._sgd(self.tx["critic"], p["critic"], o["critic"], g)
+        p["critic_target"] = ema_update(p["critic"], p["critic_target"], dcfg.target_ema)
+        metrics.update(cinfo)
+
+        # 5. QAM policy extraction against the reference base flow. Each net encodes the observation
+        # once (not once per flow step): the algos see an obs pytree of per-net features, and each bound
+        # field picks its own. The actor's features are computed inside the loss so its encoder learns.
+        q_params = p["critic_target"] if self.qam_cfg.adjoint_critic == "target" else p["critic"]
+        feats = {
+            "base": jax.lax.stop_gradient(self.base_net.apply(p["base_ref"], obs, method=EncodedNet.encode)),
+            "critic": jax.lax.stop_gradient(self.critic_net.apply(q_params, obs, method=EncodedNet.encode)),
+        }
+
+        def v_ref(f, x, t):
+            return self.base_net.apply(p["base_ref"], f["base"], x, t, method=EncodedNet.from_features)
+
+        def q_fn(f, a):
+            return self.critic_net.apply(q_params, f["critic"], a, method=EncodedNet.from_features)
+
+        def am_loss(ap):
+            f = dict(feats, actor=self.actor_net.apply(ap, obs, method=EncodedNet.encode))
+
+            def fine_apply(_, f_, x, t):  # params are bound above so the encoder's gradient is kept
+                return self.actor_net.apply(ap, f_["actor"], x, t, method=EncodedNet.from_features)
+
+            return qam.adjoint_matching_loss(fine_apply, ap, v_ref, q_fn, f, r_qam, self.action_shape, self.qam_cfg)
+
+        (_, ainfo), g = jax.value_and_grad(am_loss, has_aux=True)(p["actor"])
+        if stage == "online" and cfg.freeze_encoder_online:  # LWD: the VL backbone is frozen online
+            g = dict(g, params=dict(g["params"], encoder=jax.tree.map(jnp.zeros_like, g["params"]["encoder"])))
+        p["actor"], o["actor"], metrics["actor_grad_norm"] = self._sgd(self.tx["actor"], p["actor"], o["actor"], g)
+        metrics.update(ainfo)
+
+        # 6. keep the base flow trained by BC (QAM code) unless the reference is the frozen BC checkpoint (LWD)
+        if self.qam_cfg.base_reference != "frozen":
+            # Human-driven chunks can count extra in the base's BC (ALGORITHMS.md: optional, config).
+            w = batch["action_valid"].astype(jnp.float32) * (
+                1.0 + cfg.intervention_bc_weight * batch["intervention"].astype(jnp.float32)[:, None]
+            )
+            (_, binfo), g = jax.value_and_grad(
+                lambda bp: bc.flow_matching_loss(
+                    self._apply(self.base_net), bp, obs, batch["actions"], r_bc, w
+                ),
+                has_aux=True,
+            )(p["base"])
+            p["base"], o["base"], metrics["base_grad_norm"] = self._sgd(self.tx["base"], p["base"], o["base"], g)
+            metrics.update(binfo)
+            if self.qam_cfg.base_reference == "ema":
+                p["base_ref"] = ema_update(p["base"], p["base_ref"], cfg.base_ema)
+            else:
+                p["base_ref"] = p["base"]
+        return state.replace(step=state.step + 1, params=p, opt_state=o), metrics
+
+    def _scan(self, step_fn, state: AgentState, batches: Batch) -> tuple[AgentState, Metrics]:
+        """Several updates per call: batches carry a leading [U] axis; metrics are averaged over U."""
+        state, metrics = jax.lax.scan(step_fn, state, batches)
+        return state, jax.tree.map(jnp.mean, metrics)
+
+    # ------------------------------------------------------------------------------ jitted entry points
+    def _batch_shardings(self, batch: Batch, stacked: bool) -> Any:
+        spec = P(None, (shd.DATA_AXIS, shd.FSDP_AXIS)) if stacked else P((shd.DATA_AXIS, shd.FSDP_AXIS))
+        return jax.tree.map(lambda _: NamedSharding(self.mesh, spec), batch)
+
+    def _compile(self, name: str, fn, state: AgentState, batch: Batch, stacked: bool):
+        if name not in self._jitted:
+            s_shard = jax.tree.map(lambda x: x.sharding, state)
+            self._jitted[name] = jax.jit(
+                fn,
+                in_shardings=(s_shard, self._batch_shardings(batch, stacked)),
+                out_shardings=(s_shard, shd.replicated(self.mesh)),
+                donate_argnums=(0,),
+            )
+        return self._jitted[name]
+
+    def pretrain_update(self, state: AgentState, batches: Batch) -> tuple[AgentState, Metrics]:
+        """U BC updates; `batches` leaves are [U, B, ...] (see `config.updates_per_call`)."""
+        fn = functools.partial(self._scan, self._pretrain_step)
+        return self._compile("pretrain", fn, state, batches, True)(state, batches)
+
+    def update(self, state: AgentState, batches: Batch, stage: str = "offline") -> tuple[AgentState, Metrics]:
+        """U full LWD updates (DIVL + QAM); `batches` leaves are [U, B, ...]."""
+        if stage not in ("offline", "online"):
+            raise ValueError(f"agent.update: stage expected 'offline' or 'online', got {stage!r}")
+        fn = functools.partial(self._scan, functools.partial(self._rl_step, stage=stage))
+        return self._compile(f"rl_{stage}", fn, state, batches, True)(state, batches)
+
+    def sample_actions(self, params: dict[str, Any], obs: dict[str, Any], rng: jax.Array) -> jax.Array:
+        """Action chunks [B, H, A] in [-1, 1] from the fine-tuned ODE (optionally best-of-N by Q)."""
+        if "sample" not in self._jitted:
+
+            def sample(params, obs, rng):
+                q_fn = None
+                if self.qam_cfg.best_of_n > 1:
+                    q_fn = lambda ob, a: self.critic_net.apply(params["critic"], ob, a)  # noqa: E731
+                return qam.sample_actions(self.policy_velocity(params), obs, rng, self.action_shape, self.qam_cfg, q_fn)
+
+            self._jitted["sample"] = jax.jit(sample)
+        return self._jitted["sample"](params, obs, rng)
+
+    def sample_base_actions(self, params: dict[str, Any], obs: dict[str, Any], rng: jax.Array) -> jax.Array:
+        """Action chunks from the BC (pretrained) flow: the SFT policy's actions."""
+        if "sample_base" not in self._jitted:
+
+            def sample(params, obs, rng):
+                b = jax.tree.leaves(obs)[0].shape[0]
+                noise = jax.random.normal(rng, (b, *self.action_shape))
+                return bc.euler_sample(self._velocity(self.base_net, params["base"]), obs, noise, self.flow_cfg)
+
+            self._jitted["sample_base"] = jax.jit(sample)
+        return self._jitted["sample_base"](params, obs, rng)
+
+
+def policy_params(state: AgentState, which: str = "policy") -> dict[str, Any]:
+    """The sub-trees acting needs: 'policy' (actor + reference base [+ critic for best-of-N]) or 'base'."""
+    p = state.params
+    if which == "base":
+        return {"base": p["base"]}
+    return {"actor": p["actor"], "base_ref": p["base_ref"], "critic": p["critic"]}
+
+
+def as_dict(cfg: Any) -> dict[str, Any]:
+    """Dataclass or ConfigDict -> plain dict (for logging the effective settings)."""
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
