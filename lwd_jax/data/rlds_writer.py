@@ -1,0 +1,324 @@
+"""Write `Episode`s as a TFDS RLDS dataset on disk, appendable one durable shard at a time.
+
+Which TFDS machinery, and why: the files are a standard TFDS dataset (TFRecord shards, `features.json`,
+`dataset_info.json` written from a `tfds.core.DatasetInfo`), readable by `tfds.builder_from_directory` and
+by any RLDS tool. We do not use a `DatasetBuilder` (it generates a whole dataset in one batch job, and
+cannot append) nor `tfds.core.SequentialWriter`, which can append but (a) rewrites `dataset_info.json` in
+place, so a crash mid-write leaves an unreadable dataset, (b) never fsyncs, so an "acknowledged" episode
+can vanish on power loss, and (c) keeps a shard open across calls. The learner must persist each fleet
+episode *before* acknowledging it, so this writer commits a shard the way a database commits a log:
+
+  1. validate every episode of the group (a bad one raises SchemaError, nothing is written);
+  2. write the group to a temporary file, flush and fsync it;
+  3. rename it to its final shard name (atomic on POSIX) and fsync the directory;
+  4. rewrite `dataset_info.json` (the shard list) via temp file + fsync + rename + directory fsync.
+
+A reader therefore sees either the old shard list or the new one, never a half-written shard. A crash
+between 3 and 4 leaves a shard that no metadata names: on the next open it is renamed `*.orphan` (its
+episodes were never acknowledged, so the robot will resend them; adopting them would duplicate them).
+One shard per `append` call: per fleet episode online, or per group of `episodes_per_shard` offline.
+A lock file keeps a second writer process out of the same directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+from lwd_jax.data import rlds_format
+from lwd_jax.data.schema import Episode, SchemaError, validate_episode
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".lwd_rlds_writer.lock"
+TMP_MARK = ".tmp-"  # temporary files are ".<final name>.tmp-<pid>"
+ORPHAN_SUFFIX = ".orphan"
+DEFAULT_EPISODES_PER_SHARD = 32  # offline bulk writes: a few MB per shard, few files, cheap appends
+DATASET_DESCRIPTION = "lwd-jax robot episodes (RLDS step convention of lwd_jax/data/schema.py)"
+
+
+@dataclasses.dataclass
+class WriteStats:
+    """Counters of what this writer has committed (for throughput reports and logs)."""
+
+    episodes: int = 0
+    steps: int = 0  # RLDS steps written (T + 1 per episode)
+    shards: int = 0
+    bytes: int = 0
+    seconds: float = 0.0  # wall time inside append(), fsyncs included
+
+    @property
+    def steps_per_s(self) -> float:
+        return self.steps / self.seconds if self.seconds > 0 else float("nan")
+
+
+def _fsync_path(path: str, directory: bool = False) -> None:
+    """fsync a file or directory by path (a rename is durable only once its directory is synced)."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_bytes(path: str, data: bytes, durable: bool) -> None:
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}{TMP_MARK}{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        if durable:
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if durable:
+        _fsync_path(os.path.dirname(path), directory=True)
+
+
+class RLDSWriter:
+    """Appends episodes to an RLDS dataset in `data_dir`, creating it on first use.
+
+    `with_image` fixes the layout of a new dataset (None: no image); when opening an existing one it must
+    match (None takes whatever the dataset has). `known_tasks` / `max_steps` are passed to `validate_episode`.
+    `durable=False` skips the fsyncs (tests, scratch data); the commit order stays the same.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        *,
+        with_image: bool | None = None,
+        durable: bool = True,
+        known_tasks: Mapping[str, Any] | None = None,
+        max_steps: int | None = None,
+    ):
+        import tensorflow as tf  # noqa: F401  (imported here so append() timings exclude the first TF import)
+        from tensorflow_datasets.core import dataset_info, naming
+
+        self.data_dir = os.path.abspath(os.fspath(data_dir))
+        self.durable = durable
+        self.known_tasks = known_tasks
+        self.max_steps = max_steps
+        self.stats = WriteStats()
+        self._append_lock = threading.Lock()  # one commit at a time (e.g. several gRPC handler threads)
+        os.makedirs(self.data_dir, exist_ok=True)
+        self._lock_file = open(os.path.join(self.data_dir, LOCK_NAME), "a")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise RuntimeError(f"RLDS dataset '{self.data_dir}': another writer holds {LOCK_NAME}") from None
+        try:
+            info_path = os.path.join(self.data_dir, "dataset_info.json")
+            exists = os.path.exists(info_path)
+            if exists:
+                self.with_image, self._shard_lengths, self._num_bytes = self._read_existing(with_image)
+            else:
+                self.with_image, self._shard_lengths, self._num_bytes = bool(with_image), [], 0
+            self._features = rlds_format.episode_features(self.with_image)
+            self._info = dataset_info.DatasetInfo(
+                builder=dataset_info.DatasetIdentity(
+                    name=rlds_format.DATASET_NAME, version=rlds_format.DATASET_VERSION, data_dir=self.data_dir, module_name=__name__
+                ),
+                description=DATASET_DESCRIPTION,
+                features=self._features,
+            )
+            self._template = naming.ShardedFileTemplate(
+                dataset_name=rlds_format.DATASET_NAME,
+                data_dir=self.data_dir,
+                split=rlds_format.SPLIT,
+                filetype_suffix=rlds_format.FILE_SUFFIX,
+                template=rlds_format.SHARD_TEMPLATE,
+            )
+            self._recover()
+            if not exists:  # features.json first: dataset_info.json appearing marks the dataset as valid
+                self._features.save_config(self.data_dir)
+                self._write_info()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- public API -------------------------------------------------------------------------------
+
+    @property
+    def num_episodes(self) -> int:
+        return int(sum(self._shard_lengths))
+
+    @property
+    def num_shards(self) -> int:
+        return len(self._shard_lengths)
+
+    def append(self, episodes: Sequence[Episode] | Episode) -> str:
+        """Validates `episodes` and commits them as one new shard; returns its path once durable.
+
+        The fleet path: `writer.append(episode)` returns, then the learner acknowledges the episode.
+        Thread-safe: concurrent callers commit one after another.
+
+        Raises SchemaError (naming the dataset, the episode's position in this call and the field)
+        before anything is written if any episode is bad; the dataset on disk is left as it was.
+        """
+        episodes = [episodes] if isinstance(episodes, Episode) else list(episodes)
+        if not episodes:
+            raise ValueError(f"RLDS dataset '{self.data_dir}': append() needs at least one episode")
+        with self._append_lock:
+            start = time.perf_counter()
+            records = [self._serialize(i, ep) for i, ep in enumerate(episodes)]
+            path = self._commit_shard(records)
+            self.stats.seconds += time.perf_counter() - start
+        self.stats.episodes += len(episodes)
+        self.stats.steps += sum(ep.num_steps + 1 for ep in episodes)
+        self.stats.shards += 1
+        self.stats.bytes += sum(len(r) for r in records)
+        return path
+
+    def write(self, episodes: Iterable[Episode], episodes_per_shard: int = DEFAULT_EPISODES_PER_SHARD) -> WriteStats:
+        """Appends a stream of episodes in shards of `episodes_per_shard` (offline bulk writing)."""
+        if episodes_per_shard < 1:
+            raise ValueError(f"RLDS writer: episodes_per_shard must be >= 1, got {episodes_per_shard}")
+        group: list[Episode] = []
+        for ep in episodes:
+            group.append(ep)
+            if len(group) == episodes_per_shard:
+                self.append(group)
+                group = []
+        if group:
+            self.append(group)
+        return self.stats
+
+    def close(self) -> None:
+        """Releases the directory lock (every committed shard is already durable)."""
+        if not self._lock_file.closed:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+
+    def __enter__(self) -> RLDSWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _read_existing(self, with_image: bool | None) -> tuple[bool, list[int], int]:
+        """(has image, shard lengths, bytes) of the dataset already in data_dir, refusing foreign layouts."""
+        import tensorflow_datasets as tfds
+
+        existing = tfds.builder_from_directory(self.data_dir).info
+        found = existing.features.to_json()
+        layouts = [img for img in (False, True) if rlds_format.episode_features(img).to_json() == found]
+        if existing.name != rlds_format.DATASET_NAME or not layouts:
+            raise SchemaError(
+                f"RLDS dataset '{self.data_dir}': field 'features' of the existing dataset '{existing.name}' is not "
+                f"this schema's layout (rlds_format.episode_features); append only to datasets this writer created"
+            )
+        if with_image is not None and bool(with_image) != layouts[0]:
+            raise SchemaError(
+                f"RLDS dataset '{self.data_dir}': field 'observation/image' expected "
+                f"{'present' if layouts[0] else 'absent'} (as in the existing dataset), writer asked with_image={with_image}"
+            )
+        split = existing.splits[rlds_format.SPLIT]
+        return layouts[0], list(split.shard_lengths), int(split.num_bytes)
+
+    def _serialize(self, index: int, ep: Episode) -> bytes:
+        where = f"RLDS dataset '{self.data_dir}': new episode #{self.num_episodes + index}"
+        validate_episode(ep, known_tasks=self.known_tasks, max_steps=self.max_steps, where=where)
+        if ("image" in ep.observation) != self.with_image:
+            raise SchemaError(
+                f"{where} {ep.episode_id} (task {ep.task!r}): field 'observation/image' expected "
+                f"{'present' if self.with_image else 'absent'} in this dataset, got {'present' if 'image' in ep.observation else 'absent'}"
+            )
+        return rlds_format.episode_to_example_bytes(ep)
+
+    def _shard_path(self, index: int) -> str:
+        return os.fspath(self._template.sharded_filepath(shard_index=index, num_shards=None))
+
+    def _commit_shard(self, records: list[bytes]) -> str:
+        import tensorflow as tf
+
+        index = len(self._shard_lengths)
+        path = self._shard_path(index)
+        tmp = os.path.join(self.data_dir, f".{os.path.basename(path)}{TMP_MARK}{os.getpid()}")
+        try:
+            with tf.io.TFRecordWriter(tmp) as writer:
+                for record in records:
+                    writer.write(record)
+            if self.durable:
+                _fsync_path(tmp)
+            os.replace(tmp, path)
+            if self.durable:
+                _fsync_path(self.data_dir, directory=True)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+            raise
+        self._shard_lengths.append(len(records))
+        self._num_bytes += sum(len(r) for r in records)
+        try:
+            self._write_info()
+        except BaseException:  # roll back: the shard was never listed, so it never existed
+            self._shard_lengths.pop()
+            self._num_bytes -= sum(len(r) for r in records)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+            raise
+        return path
+
+    def _write_info(self) -> None:
+        from tensorflow_datasets.core import dataset_info, file_adapters, splits
+
+        split = splits.SplitInfo(
+            name=rlds_format.SPLIT,
+            shard_lengths=list(self._shard_lengths),
+            num_bytes=self._num_bytes,
+            filename_template=self._template,
+        )
+        self._info.set_splits(splits.SplitDict([split]))
+        self._info.set_file_format(file_adapters.FileFormat.TFRECORD, override=True)
+        text = dataset_info.get_dataset_info_json(self._info.as_proto)
+        _atomic_write_bytes(os.path.join(self.data_dir, "dataset_info.json"), text.encode("utf-8"), self.durable)
+
+    def _recover(self) -> None:
+        """Removes temp files of a crashed writer and sets aside shards that no metadata lists."""
+        shard_re = re.compile(re.escape(os.path.basename(self._shard_path(0))).replace("00000", r"(\d+)") + "$")
+        for name in sorted(os.listdir(self.data_dir)):
+            path = os.path.join(self.data_dir, name)
+            if name.startswith(".") and TMP_MARK in name:
+                os.remove(path)
+                continue
+            match = shard_re.match(name)
+            if match and int(match.group(1)) >= len(self._shard_lengths):
+                log.warning("RLDS dataset '%s': shard %s is not in dataset_info.json (crash before commit); renamed %s", self.data_dir, name, ORPHAN_SUFFIX)
+                os.replace(path, path + ORPHAN_SUFFIX)
+
+
+def write_episodes(
+    data_dir: str | os.PathLike,
+    episodes: Iterable[Episode],
+    *,
+    episodes_per_shard: int = DEFAULT_EPISODES_PER_SHARD,
+    with_image: bool | None = None,
+    durable: bool = True,
+) -> WriteStats:
+    """Writes (or appends) `episodes` to the dataset in `data_dir`; returns the write statistics.
+
+    `with_image=None` follows the dataset if it exists, else the first episode.
+    """
+    episodes = iter(episodes)
+    first = next(episodes, None)
+    if first is None:
+        raise ValueError(f"RLDS dataset '{data_dir}': write_episodes() got no episodes")
+    if with_image is None and not os.path.exists(os.path.join(os.fspath(data_dir), "dataset_info.json")):
+        with_image = "image" in first.observation
+    with RLDSWriter(data_dir, with_image=with_image, durable=durable) as writer:
+        return writer.write(_chain(first, episodes), episodes_per_shard=episodes_per_shard)
+
+
+def _chain(first: Episode, rest: Iterator[Episode]) -> Iterator[Episode]:
+    yield first
+    yield from rest
