@@ -139,4 +139,5 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         c.offline_steps = 200_000
     elif variant:
         raise ValueError(f"multitask config: unknown variant {variant!r}; expected '', 'smoke' or 'gpu'")
+    c.lock()  # a misspelt field (here or from the command line) is an error naming it, never a silent new key
     return c

@@ -1,0 +1,101 @@
+"""`Policy`: what a robot (or the evaluator) loads and calls. Owns the acting params, the normalization
+stats, the instruction embeddings and the jitted sampler; turns raw observations into raw action chunks.
+
+Why a wrapper (openpi's habit): the agent knows normalized arrays and batches; a robot knows one raw
+observation dict and a sentence. The transforms between the two live here, in one place, with their
+inverses in `NormStats`, and travel together as one serialized blob (params as flax msgpack, metadata as
+JSON: no pickle), which is also what the learner streams to the fleet.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from typing import Any, Mapping
+
+import flax.serialization
+import jax
+import ml_collections
+import numpy as np
+
+from lwd_jax.data.normalize import NormStats
+
+_MAGIC = b"LWDPOL1\0"
+KINDS = ("policy", "base")  # the fine-tuned LWD policy, or the BC (SFT) flow it started from
+
+
+def encode_policy(agent_cfg: ml_collections.ConfigDict, params: Any, stats: NormStats, version: int, kind: str) -> bytes:
+    """One self-describing blob: magic, JSON header length, JSON header, msgpack params."""
+    if kind not in KINDS:
+        raise ValueError(f"policy: kind expected one of {KINDS}, got {kind!r}")
+    header = json.dumps(
+        {"agent_config": agent_cfg.to_json(), "stats": stats.to_json(), "version": int(version), "kind": kind}
+    ).encode()
+    body = flax.serialization.msgpack_serialize(jax.tree.map(np.asarray, params))
+    return _MAGIC + struct.pack("<Q", len(header)) + header + body
+
+
+def decode_policy(blob: bytes) -> tuple[dict[str, Any], Any]:
+    """Inverse of `encode_policy`; raises ValueError naming what is wrong with a bad blob."""
+    if not blob.startswith(_MAGIC):
+        raise ValueError("policy blob: bad magic (not an lwd-jax policy, or a truncated download)")
+    (n,) = struct.unpack("<Q", blob[len(_MAGIC) : len(_MAGIC) + 8])
+    start = len(_MAGIC) + 8
+    if start + n > len(blob):
+        raise ValueError(f"policy blob: header of {n} bytes runs past the blob's {len(blob)} bytes (truncated)")
+    header = json.loads(blob[start : start + n])
+    params = flax.serialization.msgpack_restore(blob[start + n :])
+    return header, params
+
+
+class Policy:
+    """Raw obs + instruction -> raw action chunk [H, A]; `act_batch` for many robots/episodes at once."""
+
+    def __init__(self, blob: bytes, seed: int = 0, encoder: Any = None):
+        from lwd_jax.agent import LWDAgent  # local: the bridge imports this module without the learner
+
+        header, params = decode_policy(blob)
+        self.version = int(header["version"])
+        self.kind = header["kind"]
+        self.agent_cfg = ml_collections.ConfigDict(json.loads(header["agent_config"]))
+        self.stats = NormStats.from_json(header["stats"])
+        self.params = jax.tree.map(jax.numpy.asarray, params)
+        self.agent = LWDAgent(self.agent_cfg, mesh=None)
+        self._encoder = encoder
+        self._lang: dict[str, np.ndarray] = {}
+        self._rng = jax.random.PRNGKey(seed)
+        self.last_latency_s = 0.0
+
+    @property
+    def chunk_len(self) -> int:
+        return int(self.agent_cfg.action_horizon)
+
+    def _embed(self, instructions: list[str]) -> np.ndarray:
+        missing = sorted({s for s in instructions if s not in self._lang})
+        if missing:
+            if self._encoder is None:
+                from lwd_jax.nets.language import get_default_encoder
+
+                self._encoder = get_default_encoder()
+            for s, e in zip(missing, self._encoder.encode(missing), strict=True):
+                self._lang[s] = np.asarray(e, np.float32)
+        return np.stack([self._lang[s] for s in instructions])
+
+    def act_batch(self, obs: Mapping[str, np.ndarray], instructions: list[str]) -> np.ndarray:
+        """obs leaves [N, ...] (raw), N instructions -> raw action chunks [N, H, A]."""
+        t0 = time.perf_counter()
+        x = self.stats.normalize_obs({k: np.asarray(v) for k, v in obs.items()})
+        x["lang"] = self._embed(list(instructions))
+        self._rng, key = jax.random.split(self._rng)
+        if self.kind == "base":
+            a = self.agent.sample_base_actions(self.params, x, key)
+        else:
+            a = self.agent.sample_actions(self.params, x, key)
+        out = self.stats.unnormalize_action(np.asarray(a))
+        self.last_latency_s = time.perf_counter() - t0
+        return out
+
+    def __call__(self, obs: Mapping[str, np.ndarray], instruction: str) -> np.ndarray:
+        """One robot: raw obs dict (no batch axis) -> raw action chunk [H, A]."""
+        return self.act_batch({k: np.asarray(v)[None] for k, v in obs.items()}, [instruction])[0]
