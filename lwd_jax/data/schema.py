@@ -23,7 +23,7 @@ import numpy as np
 # Fixed sizes for every task of the suite (one embodiment, one action space).
 ACTION_DIM = 5  # manipspace action: dx, dy, dz, dyaw, gripper; bounds [-1, 1].
 STATE_DIM = 64  # task state, zero-padded to this size for every task; `state_mask` marks the real part.
-PROPRIO_DIM = 16  # arm/gripper proprioception, the same layout for every task.
+PROPRIO_DIM = 20  # arm/gripper proprioception, the same layout for every task (lwd_jax/sim/env.py).
 IMAGE_SHAPE = (64, 64, 3)  # optional camera image (only when rendering is available).
 ACTION_LOW, ACTION_HIGH = -1.0, 1.0
 
