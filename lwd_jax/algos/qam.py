@@ -1,0 +1,209 @@
+"""QAM: Q-learning with Adjoint Matching (policy extraction for the flow policy).
+
+Fine-tunes a velocity field v_theta so that its samples follow pi*(a|s) ∝ pi_beta(a|s) exp(Q(s, a) / lambda)
+(inv_temp = 1/lambda) without likelihoods and without backpropagating through the sampler: roll out the
+memoryless SDE of v_theta (gradient stopped), run the *lean adjoint* backwards with the base drift's VJPs
+from the terminal condition -inv_temp * grad_a Q, and regress the control (v_theta - v_beta) onto it at
+every step (adjoint matching, Domingo-Enrich et al. 2024).
+
+Flow time t_i = i h, h = 1/K, t = 0 noise, t = 1 data. Every loop over K is a `lax.scan`.
+Callables take params already bound (`Velocity(obs, x [B,H,A], t [B])`, `QFn(obs, a) -> [M, B]`), except
+the fine field being trained, which takes its params explicitly (`VelocityApply`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from lwd_jax.algos.bc import FlowConfig, euler_sample
+from lwd_jax.algos.common import Info, Obs, Params, QFn, Velocity, VelocityApply, repeat_obs
+
+_BASE_REFERENCES = ("frozen", "ema", "online")
+_ADJOINT_CRITICS = ("target", "online")
+
+
+@dataclasses.dataclass(frozen=True)
+class QAMConfig:
+    """Every QAM tunable. Paper/reference values are marked."""
+
+    flow_steps: int = 10  # K (QAM code default; LWD does not report it)
+    inv_temp: float = 0.5  # 1/lambda; LWD: lambda = 2. QAM code: 0.3 default, [0.3, 10] per task
+    residual: bool = False  # v_theta = v_beta + delta_theta (delta's last layer zero-initialised)
+    clip_adjoint_actions: bool = True  # clip x_K to the bounds before grad_a Q (QAM code's clip_adj)
+    action_low: float = -1.0
+    action_high: float = 1.0
+    best_of_n: int = 1  # >1: act with the best of N fine-tuned samples by mean Q (default off)
+    # Which v_beta the agent passes in (agent-side switches, validated here):
+    #   "frozen": the BC checkpoint taken before offline RL (LWD); "ema": EMA of a base kept trained by BC
+    #   (QAM code's target_actor=True); "online": the BC-trained base's current params.
+    base_reference: str = "frozen"
+    adjoint_critic: str = "target"  # critic params for grad_a Q: "target" (QAM code's use_target_grad) | "online"
+    scan_unroll: int | bool = 1  # True fully unrolls the K-loops (slower compile; lets XLA count all FLOPs)
+
+    def __post_init__(self):
+        if self.flow_steps < 2:
+            raise ValueError(f"QAMConfig.flow_steps: expected >= 2 (SDE steps + a final ODE step), got {self.flow_steps}")
+        if self.inv_temp < 0:
+            raise ValueError(f"QAMConfig.inv_temp: expected >= 0, got {self.inv_temp}")
+        if self.best_of_n < 1:
+            raise ValueError(f"QAMConfig.best_of_n: expected >= 1, got {self.best_of_n}")
+        if self.base_reference not in _BASE_REFERENCES:
+            raise ValueError(f"QAMConfig.base_reference: expected one of {_BASE_REFERENCES}, got {self.base_reference!r}")
+        if self.adjoint_critic not in _ADJOINT_CRITICS:
+            raise ValueError(f"QAMConfig.adjoint_critic: expected one of {_ADJOINT_CRITICS}, got {self.adjoint_critic!r}")
+
+    @property
+    def flow(self) -> FlowConfig:
+        """The ODE sampler settings shared with BC."""
+        return FlowConfig(self.flow_steps, self.action_low, self.action_high, self.scan_unroll)
+
+
+def memoryless_sigma(t: jax.Array, h: float) -> jax.Array:
+    """sigma(t) = sqrt(2 (1 - t + h) / (t + h)): the memoryless schedule for the linear interpolation path,
+    shifted by h so it is finite at t = 0 and non-zero at the last step."""
+    return jnp.sqrt(2.0 * (1.0 - t + h) / (t + h))
+
+
+def fine_velocity(fine_apply: VelocityApply, fine_params: Params, v_base: Velocity, residual: bool) -> Velocity:
+    """v_theta(obs, x, t) with params bound: the fine field itself, or v_beta + delta_theta when residual."""
+    if residual:
+        return lambda obs, x, t: v_base(obs, x, t) + fine_apply(fine_params, obs, x, t)
+    return lambda obs, x, t: fine_apply(fine_params, obs, x, t)
+
+
+def rollout(
+    v_fine: Velocity, v_base: Velocity, obs: Obs, x0: jax.Array, noise: jax.Array, cfg: QAMConfig
+) -> tuple[jax.Array, jax.Array]:
+    """Memoryless-SDE rollout of v_theta, gradient stopped. x0 [B, H, A]; noise [K-1, B, H, A].
+
+    For i < K-1: x_{i+1} = x_i + h (2 v_theta(x_i, t_i) - x_i / (t_i + h)) + sqrt(h) sigma(t_i) eps_i;
+    the last step is the base ODE x_K = x_{K-1} + h v_beta(x_{K-1}, t_{K-1}) (as in adjoint matching:
+    the final noise would be absorbed by nothing). Returns xs [K, B, H, A] (x_0..x_{K-1}) and x_K [B, H, A].
+    """
+    k, b = cfg.flow_steps, x0.shape[0]
+    h = 1.0 / k
+
+    def sde_step(x, inp):
+        i, eps = inp
+        t = jnp.full((b,), i * h, x.dtype)
+        drift = 2.0 * v_fine(obs, x, t) - x / (i * h + h)
+        x_next = x + h * drift + jnp.sqrt(h) * memoryless_sigma(i * h, h) * eps
+        return jax.lax.stop_gradient(x_next), x
+
+    x_last, xs_head = jax.lax.scan(sde_step, x0, (jnp.arange(k - 1), noise), unroll=cfg.scan_unroll)
+    t_last = jnp.full((b,), (k - 1) * h, x0.dtype)
+    x_k = jax.lax.stop_gradient(x_last + h * v_base(obs, x_last, t_last))
+    xs = jnp.concatenate([xs_head, x_last[None]], axis=0)
+    return jax.lax.stop_gradient(xs), x_k
+
+
+def terminal_adjoint(q_fn: QFn, obs: Obs, x_k: jax.Array, cfg: QAMConfig) -> jax.Array:
+    """ã_K = -inv_temp * grad_a mean_m Q_m(s, clip(a)) at a = x_K -> [B, H, A] (zero where clipping is active)."""
+
+    def q_sum(a):
+        if cfg.clip_adjoint_actions:
+            a = jnp.clip(a, cfg.action_low, cfg.action_high)
+        return jnp.sum(jnp.mean(q_fn(obs, a), axis=0))
+
+    return -cfg.inv_temp * jax.grad(q_sum)(x_k)
+
+
+def lean_adjoint(v_base: Velocity, obs: Obs, xs: jax.Array, adj_k: jax.Array, cfg: QAMConfig) -> jax.Array:
+    """ã_i = ã_{i+1} + h (∂b/∂x (x_i, t_i + h))ᵀ ã_{i+1}, backwards from ã_K; b(x, t) = 2 v_beta(s, x, t) - x / t.
+
+    Evaluating b at t_i + h keeps x / t finite (t >= h). Only the base drift appears ("lean" adjoint), so
+    the result does not depend on theta. xs [K, B, H, A] -> adjoints [K, B, H, A] (ã_0..ã_{K-1}).
+    """
+    k, b = cfg.flow_steps, xs.shape[1]
+    h = 1.0 / k
+
+    def step(adj, inp):
+        i, x_i = inp
+        s = i * h + h
+        t = jnp.full((b,), s, x_i.dtype)
+        _, vjp = jax.vjp(lambda x: 2.0 * v_base(obs, x, t) - x / s, x_i)
+        adj_i = adj + h * vjp(adj)[0]
+        return adj_i, adj_i
+
+    _, adjs = jax.lax.scan(step, adj_k, (jnp.arange(k), xs), reverse=True, unroll=cfg.scan_unroll)
+    return jax.lax.stop_gradient(adjs)
+
+
+def adjoint_matching_loss(
+    fine_apply: VelocityApply,
+    fine_params: Params,
+    v_base: Velocity,
+    q_fn: QFn,
+    obs: Obs,
+    rng: jax.Array,
+    action_shape: tuple[int, int],
+    cfg: QAMConfig,
+) -> tuple[jax.Array, Info]:
+    """L_AM = E_b sum_i ||(2/sigma_i)(v_theta - v_beta)(x_i, t_i) + sigma_i ã_i||^2 (summed over the chunk).
+
+    `fine_apply(params, obs, x, t)` is v_theta, or delta_theta when cfg.residual (then v_theta - v_beta =
+    delta_theta). `v_base` and `q_fn` carry their own (frozen/EMA/target) params; xs and ãs are
+    stop-gradient, so the only gradient is the local regression's, into `fine_params`.
+    """
+    k = cfg.flow_steps
+    h = 1.0 / k
+    b = jax.tree_util.tree_leaves(obs)[0].shape[0]
+    x_rng, n_rng = jax.random.split(rng)
+    x0 = jax.random.normal(x_rng, (b, *action_shape))
+    noise = jax.random.normal(n_rng, (k - 1, b, *action_shape))
+
+    v_roll = fine_velocity(fine_apply, jax.lax.stop_gradient(fine_params), v_base, cfg.residual)
+    xs, x_k = rollout(v_roll, v_base, obs, x0, noise, cfg)
+    adj_k = terminal_adjoint(q_fn, obs, x_k, cfg)
+    adjs = lean_adjoint(v_base, obs, xs, adj_k, cfg)
+
+    ts = jnp.arange(k, dtype=xs.dtype) * h
+    sig = memoryless_sigma(ts, h)[:, None, None, None]  # [K, 1, 1, 1]
+
+    def control(x_i, t_i):
+        t = jnp.full((b,), t_i, x_i.dtype)
+        out = fine_apply(fine_params, obs, x_i, t)
+        return out if cfg.residual else out - jax.lax.stop_gradient(v_base(obs, x_i, t))
+
+    ctrl = jax.vmap(control)(xs, ts)  # [K, B, H, A]
+    resid = (2.0 / sig) * ctrl + sig * adjs
+    per_step = jnp.sum(jnp.square(resid).reshape(k, b, -1), axis=-1)  # [K, B]
+    loss = jnp.mean(jnp.sum(per_step, axis=0))
+    x_end = jnp.clip(x_k, cfg.action_low, cfg.action_high)
+    info = {
+        "am_loss": loss,
+        "adj_end_abs": jnp.mean(jnp.abs(adj_k)),
+        "adj_start_abs": jnp.mean(jnp.abs(adjs[0])),
+        "control_abs": jnp.mean(jnp.abs(ctrl)),
+        "rollout_q": jnp.mean(q_fn(obs, x_end)),
+        "rollout_clip_frac": jnp.mean(jnp.abs(x_k) > cfg.action_high),
+    }
+    return loss, info
+
+
+def sample_actions(
+    velocity: Velocity,
+    obs: Obs,
+    rng: jax.Array,
+    action_shape: tuple[int, int],
+    cfg: QAMConfig,
+    q_fn: QFn | None = None,
+) -> jax.Array:
+    """Acts with the fine-tuned ODE (`velocity` = fine_velocity(...)) -> clipped actions [B, H, A].
+
+    With cfg.best_of_n = N > 1 (needs q_fn), draws N chunks per state and keeps the one of highest mean Q.
+    """
+    b = jax.tree_util.tree_leaves(obs)[0].shape[0]
+    n = cfg.best_of_n
+    if n == 1:
+        return euler_sample(velocity, obs, jax.random.normal(rng, (b, *action_shape)), cfg.flow)
+    if q_fn is None:
+        raise ValueError(f"qam.sample_actions: best_of_n = {n} needs q_fn")
+    obs_n = repeat_obs(obs, n)  # row b * n + j
+    acts = euler_sample(velocity, obs_n, jax.random.normal(rng, (b * n, *action_shape)), cfg.flow)
+    q = jnp.mean(q_fn(obs_n, acts), axis=0).reshape(b, n)
+    best = jnp.argmax(q, axis=-1)
+    return acts.reshape(b, n, *action_shape)[jnp.arange(b), best]
