@@ -177,6 +177,7 @@ def evaluate_state(cfg, agent, state, stats, tasks, all_tasks, kind: str) -> dic
 def main() -> None:
     """CLI: flags are defined here, not at import, so tests can import this module beside other entry points."""
     config = config_flags.DEFINE_config_file("config", "experiments/configs/multitask.py", "experiment config")
+    shd.maybe_initialize_distributed()  # multi-host only when LWD_COORDINATOR is set (see lwd_jax/sharding.py)
     app.run(lambda _: run(config.value))
 
 
