@@ -39,6 +39,10 @@ test: install
 train: data
 	MUJOCO_GL=disable $(PY) -m experiments.train --config=experiments/configs/$(EXP).py --config.data.offline_dir=$(DATA_DIR)/offline $(TRAIN_ARGS)
 
+# Speed and memory goals live here, as JSON, never in timed tests.
+bench: install
+	MUJOCO_GL=disable $(PY) -m experiments.bench --out results/bench.json
+
 lint: install
 	$(VENV)/bin/ruff check lwd_jax robot_bridge experiments tests
 

@@ -1,0 +1,227 @@
+"""`make bench`: learner, inference and fleet-transport speed as one JSON document (never a timed test).
+
+    python -m experiments.bench --out results/bench.json            # full (~5-10 min on 2 CPU cores)
+    python -m experiments.bench --quick --only matmul,update         # a fast subset
+
+Entries: the matmul roof of this machine; the full LWD update (DIVL + QAM) and BC at the default and the
+`gpu` (reference-size) configs: updates/s, samples/s, true GFLOP per update (every K-loop unrolled so XLA's
+`cost_analysis` counts it K times) and achieved GFLOP/s against the roof; acting latency; episode ingestion
+over gRPC on loopback; parameter push latency to N robots. The load average is recorded at start and end,
+because on a shared machine it says how far to trust the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PARTS = ("matmul", "update", "update_gpu", "inference", "ingest", "push")
+
+
+def _timeit(fn: Callable[[], Any], repeats: int) -> float:
+    """Seconds per call, best of `repeats` after one warm-up (the least-disturbed run on a shared machine)."""
+    jax.block_until_ready(fn())
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def bench_matmul(repeats: int) -> dict[str, float]:
+    out = {}
+    for m, k, n in ((256, 512, 512), (1024, 1024, 1024)):
+        a, b = jnp.ones((m, k), jnp.float32), jnp.ones((k, n), jnp.float32)
+        f = jax.jit(lambda x, y: x @ y)
+        s = _timeit(lambda f=f, a=a, b=b: f(a, b), repeats * 10)
+        out[f"gflops_{m}x{k}x{n}"] = 2 * m * k * n / s / 1e9
+    out["roof_gflops"] = max(out.values())
+    return out
+
+
+def bench_update(variant: str, batch: int, updates_per_call: int, repeats: int, roof: float | None) -> dict[str, Any]:
+    """Full LWD update and BC step of `multitask.py:<variant>` on random batches of the real shapes."""
+    from experiments.configs.multitask import get_config
+    from lwd_jax.agent import LWDAgent
+    from tests.agent_fixtures import random_batches, random_obs
+
+    cfg = get_config(variant)
+    agent = LWDAgent(cfg.agent)
+    example = random_obs(np.random.default_rng(0), 2)
+    state = agent.init(0, example)
+    batches = jax.device_put(random_batches(0, updates_per_call, batch))
+    holder = {"state": state}
+
+    def rl():
+        holder["state"], m = agent.update(holder["state"], batches)
+        return m
+
+    def bc():
+        holder["state"], m = agent.pretrain_update(holder["state"], batches)
+        return m
+
+    t = time.perf_counter()
+    jax.block_until_ready(rl())
+    compile_s = time.perf_counter() - t
+    rl_s = _timeit(rl, repeats) / updates_per_call
+    bc_s = _timeit(bc, repeats) / updates_per_call
+    unrolled = cfg.agent.copy_and_resolve_references()
+    unrolled.qam.scan_unroll = True
+    agent_u = LWDAgent(unrolled)
+    one = jax.tree.map(lambda x: x[0], batches)
+    cost = jax.jit(functools.partial(agent_u._rl_step, stage="offline")).lower(agent_u.init(0, example), one).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    gflop = float(cost["flops"]) / 1e9
+    out = {
+        "config": variant or "default",
+        "batch": batch,
+        "updates_per_call": updates_per_call,
+        "compile_s": compile_s,
+        "rl_updates_per_s": 1.0 / rl_s,
+        "rl_samples_per_s": batch / rl_s,
+        "bc_updates_per_s": 1.0 / bc_s,
+        "gflop_per_update": gflop,
+        "achieved_gflops": gflop / rl_s,
+    }
+    if roof:
+        out["fraction_of_roof"] = out["achieved_gflops"] / roof
+    return out
+
+
+def bench_inference(repeats: int) -> dict[str, float]:
+    """Acting latency of the default policy: one robot (batch 1) and a batch of 64."""
+    from experiments.configs.multitask import get_config
+    from lwd_jax.agent import LWDAgent
+    from tests.agent_fixtures import random_obs
+
+    agent = LWDAgent(get_config("").agent)
+    state = agent.init(0, random_obs(np.random.default_rng(0), 2))
+    out = {}
+    for b in (1, 64):
+        obs = random_obs(np.random.default_rng(1), b)
+        key = jax.random.PRNGKey(0)
+        jax.block_until_ready(agent.sample_actions(state.params, obs, key))
+        times = []
+        for _ in range(repeats * 20):
+            t = time.perf_counter()
+            jax.block_until_ready(agent.sample_actions(state.params, obs, key))
+            times.append(time.perf_counter() - t)
+        times.sort()
+        out[f"batch{b}_p50_ms"] = 1e3 * statistics.median(times)
+        out[f"batch{b}_p90_ms"] = 1e3 * times[int(0.9 * (len(times) - 1))]
+        out[f"batch{b}_chunks_per_s"] = b / statistics.median(times)
+    return out
+
+
+def bench_ingest(quick: bool) -> dict[str, Any]:
+    from robot_bridge.bench_ingest import run
+
+    out = {}
+    for m in (4,) if quick else (4, 16):
+        out[f"uploaders_{m}"] = run(num_uploaders=m, episodes=5 if quick else 20, steps=200, steps_per_chunk=100)
+    return out
+
+
+def bench_push(num_robots: int, repeats: int) -> dict[str, Any]:
+    """Publish a default-size policy blob, then N robots fetch it concurrently (checksums verified)."""
+    from experiments.configs.multitask import get_config
+    from lwd_jax.agent import LWDAgent, policy_params
+    from lwd_jax.data.normalize import compute_stats
+    from lwd_jax.learner.auth import TokenAuth
+    from lwd_jax.learner.service import FleetServicer, PolicyStore, serve
+    from lwd_jax.policy import encode_policy
+    from robot_bridge.client import LearnerClient
+    from tests.agent_fixtures import random_obs
+
+    cfg = get_config("")
+    agent = LWDAgent(cfg.agent)
+    obs = random_obs(np.random.default_rng(0), 8)
+    state = agent.init(0, obs)
+    blob = encode_policy(cfg.agent, jax.device_get(policy_params(state)), compute_stats(obs), 1, "policy")
+    store = PolicyStore()
+    tokens = {f"robot-{i}": f"tok-{i}" for i in range(num_robots)}
+    server = serve(FleetServicer(persist=lambda ep: None, params_provider=store, auth=TokenAuth.from_plain_tokens(tokens)), host="127.0.0.1")
+    clients = [LearnerClient(f"127.0.0.1:{server.port}", rid, tok) for rid, tok in tokens.items()]
+    lat = []
+    try:
+        for version in range(1, repeats + 2):
+            t = time.perf_counter()
+            store.publish(version, blob)
+            got: list[int] = []
+            threads = [threading.Thread(target=lambda c=c, got=got: got.append(c.fetch_policy()[0])) for c in clients]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            if got != [version] * num_robots:
+                raise RuntimeError(f"push: robots got versions {got}, expected {version}")
+            if version > 1:  # the first round opens the channels
+                lat.append(time.perf_counter() - t)
+    finally:
+        for c in clients:
+            c.close()
+        server.stop(0)
+    return {"robots": num_robots, "blob_bytes": len(blob), "latency_s_median": statistics.median(lat), "latency_s_max": max(lat)}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="results/bench.json")
+    p.add_argument("--quick", action="store_true", help="few repeats, small sizes: a smoke run")
+    p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
+    args = p.parse_args(argv)
+    parts = [x for x in args.only.split(",") if x]
+    bad = [x for x in parts if x not in PARTS]
+    if bad:
+        p.error(f"--only: unknown part(s) {bad}; known: {PARTS}")
+    repeats = 2 if args.quick else 5
+    doc: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": sys.version.split()[0],
+            "jax": jax.__version__,
+            "backend": jax.default_backend(),
+            "devices": [str(d) for d in jax.devices()],
+            "loadavg_start": os.getloadavg()[0],
+        },
+        "quick": args.quick,
+    }
+    roof = None
+    if "matmul" in parts:
+        doc["matmul"] = bench_matmul(repeats)
+        roof = doc["matmul"]["roof_gflops"]
+    if "update" in parts:
+        doc["update_default"] = bench_update("smoke" if args.quick else "", 16 if args.quick else 256, 2 if args.quick else 10, repeats, roof)
+    if "update_gpu" in parts:
+        doc["update_gpu_config"] = bench_update("gpu", 256, 2, 2 if args.quick else 3, roof)
+    if "inference" in parts:
+        doc["inference"] = bench_inference(repeats)
+    if "ingest" in parts:
+        doc["ingest"] = bench_ingest(args.quick)
+    if "push" in parts:
+        doc["push"] = bench_push(4, repeats)
+    doc["machine"]["loadavg_end"] = os.getloadavg()[0]
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(doc, f, indent=1)
+    print(json.dumps(doc, indent=1))
+    return doc
+
+
+if __name__ == "__main__":
+    main()
