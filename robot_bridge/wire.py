@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from lwd_jax.data.schema import Episode, SchemaError
+from lwd_jax.data.schema import Episode, SchemaError, assemble_episode
 from robot_bridge.protos import fleet_pb2
 
 # Version of the episode layout carried in `EpisodeHeader.schema_version`; bump on breaking changes.
@@ -128,22 +128,7 @@ def episode_from_parts(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]
     for name in TOP_LEVEL_FIELDS:
         if name not in top:
             raise WireError(name, "is missing")
-    return Episode(
-        observation=obs,
-        action=top["action"],
-        reward=top["reward"],
-        intervention=top["intervention"],
-        subgoals=top["subgoals"],
-        terminal=bool(meta["terminal"]),
-        language_instruction=str(meta["language_instruction"]),
-        task=str(meta["task"]),
-        robot_id=str(meta["robot_id"]),
-        policy_version=int(meta["policy_version"]),
-        source=str(meta["source"]),
-        success=bool(meta["success"]),
-        num_subgoals=int(meta["num_subgoals"]),
-        episode_id=str(meta["episode_id"]),
-    )
+    return assemble_episode(obs, top, meta)
 
 
 def to_wire_array(field: str, value: Any) -> np.ndarray:

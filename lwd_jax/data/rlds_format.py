@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from lwd_jax.data import schema
-from lwd_jax.data.schema import Episode
+from lwd_jax.data.schema import Episode, assemble_episode
 
 DATASET_NAME = "lwd_episodes"
 DATASET_VERSION = "1.0.0"
@@ -157,22 +157,10 @@ def episode_to_example_bytes(ep: Episode) -> bytes:
 def episode_from_arrays(arrays: dict[str, Any]) -> Episode:
     """An `Episode` from the reader's canonical numpy dict (T actions, T + 1 observations, scalars)."""
 
-    def text(value: Any) -> str:
-        return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-    return Episode(
-        observation={k: np.asarray(v) for k, v in arrays["observation"].items()},
-        action=np.asarray(arrays["action"], np.float32),
-        reward=np.asarray(arrays["reward"], np.float32),
-        intervention=np.asarray(arrays["intervention"], np.bool_),
-        subgoals=np.asarray(arrays["subgoals"], np.int32),
-        terminal=bool(arrays["terminal"]),
-        language_instruction=text(arrays["language_instruction"]),
-        task=text(arrays["task"]),
-        robot_id=text(arrays["robot_id"]),
-        policy_version=int(arrays["policy_version"]),
-        source=text(arrays["source"]),
-        success=bool(arrays["success"]),
-        num_subgoals=int(arrays["num_subgoals"]),
-        episode_id=text(arrays["episode_id"]),
-    )
+    steps = {
+        "action": np.asarray(arrays["action"], np.float32),
+        "reward": np.asarray(arrays["reward"], np.float32),
+        "intervention": np.asarray(arrays["intervention"], np.bool_),
+        "subgoals": np.asarray(arrays["subgoals"], np.int32),
+    }
+    return assemble_episode({k: np.asarray(v) for k, v in arrays["observation"].items()}, steps, arrays)

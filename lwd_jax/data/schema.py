@@ -161,3 +161,45 @@ def validate_episode(
     if ep.terminal and not ep.success:
         raise SchemaError(f"{where}: field 'terminal' is True but 'success' is False (only success terminates)")
     return ep
+
+
+STEP_FIELDS = ("action", "reward", "intervention", "subgoals")
+META_FIELDS = (
+    "terminal",
+    "language_instruction",
+    "task",
+    "robot_id",
+    "policy_version",
+    "source",
+    "success",
+    "num_subgoals",
+    "episode_id",
+)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def assemble_episode(
+    observation: dict[str, np.ndarray], steps: Mapping[str, np.ndarray], meta: Mapping[str, Any]
+) -> Episode:
+    """An `Episode` from per-step arrays (`STEP_FIELDS`, as given: no dtype conversion, so validation still
+    sees what arrived) and metadata scalars (`META_FIELDS`; bytes decoded as UTF-8).
+
+    Why one constructor: RLDS records, gRPC messages and spool files all carry the same two halves, and the
+    meaning of each metadata field must not drift between those readers.
+    """
+    return Episode(
+        observation=observation,
+        **{k: steps[k] for k in STEP_FIELDS},
+        terminal=bool(meta["terminal"]),
+        language_instruction=_text(meta["language_instruction"]),
+        task=_text(meta["task"]),
+        robot_id=_text(meta["robot_id"]),
+        policy_version=int(meta["policy_version"]),
+        source=_text(meta["source"]),
+        success=bool(meta["success"]),
+        num_subgoals=int(meta["num_subgoals"]),
+        episode_id=_text(meta["episode_id"]),
+    )
