@@ -64,10 +64,8 @@ def _encoder(cfg: ml_collections.ConfigDict) -> ObsEncoder:
 def divl_config(cfg: ml_collections.ConfigDict, stage: str) -> divl.DIVLConfig:
     """DIVL settings of one stage: the paper uses tau_base 0.6 offline and 0.9 online."""
     d = dict(cfg.divl)
-    d["tau_base"] = d.pop("tau_base_online") if stage == "online" else d.pop("tau_base_offline")
-    d.pop("tau_base_online", None)
-    d.pop("tau_base_offline", None)
-    return divl.DIVLConfig(**d)
+    online, offline = d.pop("tau_base_online"), d.pop("tau_base_offline")
+    return divl.DIVLConfig(**d, tau_base=online if stage == "online" else offline)
 
 
 class LWDAgent:

@@ -68,6 +68,10 @@ class Policy:
         self._rng = jax.random.PRNGKey(seed)
         self.last_latency_s = 0.0
 
+    def reseed(self, seed: int) -> None:
+        """Ties the sampling noise to `seed` (evaluation reseeds per episode, so results are reproducible)."""
+        self._rng = jax.random.PRNGKey(seed)
+
     @property
     def chunk_len(self) -> int:
         return int(self.agent_cfg.action_horizon)

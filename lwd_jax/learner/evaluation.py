@@ -63,7 +63,7 @@ def _init_worker(blob: bytes, seed: int) -> None:
 def _run_job(job: tuple[str, int]) -> EpisodeResult:
     policy = _WORKER["policy"]
     task, seed = job
-    policy._rng = __import__("jax").random.PRNGKey(seed)  # sampling noise tied to the episode: reproducible
+    policy.reseed(seed)  # sampling noise tied to the episode: reproducible whatever the worker
     return run_policy_episode(policy, task, seed)
 
 
