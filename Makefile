@@ -35,9 +35,13 @@ data: install
 test: install
 	XLA_PYTHON_CLIENT_PREALLOCATE=false TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q $(PYTEST_ARGS)
 
-# Until the fleet loop lands (issue 4) this runs the offline stage: BC pretrain, DIVL + QAM, per-task eval.
+# The whole flywheel: BC pretrain, offline DIVL + QAM, then the learner service plus bridge daemons (one process
+# per simulated robot) on loopback for the online budget; ends with the per-task table and the PNG plot in
+# runs/$(EXP)/. EXP is a config under experiments/configs/ or a task name (the same loop on that one task).
 train: data
-	MUJOCO_GL=disable $(PY) -m experiments.train --config=experiments/configs/$(EXP).py --config.data.offline_dir=$(DATA_DIR)/offline $(TRAIN_ARGS)
+	@if [ -f experiments/configs/$(EXP).py ]; then cfg="experiments/configs/$(EXP).py"; extra=""; \
+	else cfg="experiments/configs/multitask.py"; extra="--config.tasks=$(EXP) --config.workdir=runs/$(EXP)"; fi; \
+	MUJOCO_GL=disable $(PY) -m experiments.train --config=$$cfg $$extra --config.data.offline_dir=$(DATA_DIR)/offline $(TRAIN_ARGS)
 
 # Speed and memory goals live here, as JSON, never in timed tests.
 bench: install

@@ -1,13 +1,16 @@
-"""Train the multi-task LWD policy: BC pretrain -> offline DIVL + QAM (-> online fleet stage, issue 4).
+"""Train the multi-task LWD policy: BC pretrain -> offline DIVL + QAM -> online with the fleet.
 
+    python -m experiments.train --config=experiments/configs/multitask.py                  # all stages
     python -m experiments.train --config=experiments/configs/multitask.py --config.stage=offline
 
 Reads top to bottom: config -> data -> mesh and agent -> resume -> loop (pretrain, then offline RL) with
-logging, checkpoints and per-task evaluation -> final table (BC pretrain vs offline LWD).
+logging, checkpoints and per-task evaluation -> online stage (lwd_jax/learner/online.py: learner service +
+bridge daemons) -> final table (BC pretrain vs offline LWD vs online LWD) and the success-vs-fleet plot.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -17,6 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import app
+from absl import logging as absl_logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
@@ -25,7 +29,7 @@ from lwd_jax.agent import LWDAgent, policy_params
 from lwd_jax.data import batching
 from lwd_jax.data.replay import TransitionBuffer, mixed_batch
 from lwd_jax.data.rlds_reader import RLDSReader
-from lwd_jax.learner import evaluation
+from lwd_jax.learner import evaluation, plots
 from lwd_jax.learner.checkpoint import Checkpointer
 from lwd_jax.learner.metrics_log import MetricsLogger, check_finite
 from lwd_jax.policy import encode_policy
@@ -39,8 +43,16 @@ def check_config(cfg: ml_collections.ConfigDict) -> list[str]:
     """Validates what ml_collections cannot (values, not keys); returns the task list. Errors name the key."""
     if cfg.stage not in STAGES:
         raise ValueError(f"config.stage: expected one of {STAGES}, got {cfg.stage!r}")
-    if cfg.stage != "offline":
-        raise NotImplementedError(f"config.stage={cfg.stage!r}: the online fleet stage arrives with issue 4")
+    for key in ("pretrain_steps", "offline_steps", "online_steps"):
+        if int(cfg[key]) < 0 or int(cfg[key]) % cfg.updates_per_call:
+            raise ValueError(f"config.{key}: expected a non-negative multiple of updates_per_call ({cfg.updates_per_call}), got {cfg[key]}")
+    oc = cfg.online
+    for key in ("num_robots", "publish_every", "log_window"):
+        if int(oc[key]) < 1:
+            raise ValueError(f"config.online.{key}: expected >= 1, got {oc[key]}")
+    if oc.fleet_episodes < 0 or oc.control_hz < 0 or not 0 <= oc.teleop_robots <= oc.num_robots:
+        raise ValueError("config.online: fleet_episodes and control_hz must be >= 0 and teleop_robots in [0, num_robots], "
+                         f"got {oc.fleet_episodes}, {oc.control_hz}, {oc.teleop_robots}")
     for key in ("batch_size", "updates_per_call"):
         if int(cfg[key]) < 1:
             raise ValueError(f"config.{key}: expected >= 1, got {cfg[key]}")
@@ -87,6 +99,7 @@ def sample_batches(cfg, buf: TransitionBuffer, online: TransitionBuffer | None, 
 
 # ============================================================================================== main
 def run(cfg: ml_collections.ConfigDict) -> dict:
+    """Runs the configured stages; returns {method: per-task summary} (the final table's columns)."""
     tasks = check_config(cfg)
     os.makedirs(cfg.workdir, exist_ok=True)
     all_tasks = task_names()
@@ -115,14 +128,22 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
         print(f"resumed from step {step} ({meta.get('phase')})", flush=True)
     logger = MetricsLogger(os.path.join(cfg.workdir, "logs"), console_every=1)
 
-    # ---- loop
+    # ---- stages: [0, p_end) BC pretrain, [p_end, o_end) offline RL, [o_end, total) online with the fleet
     p_end = cfg.pretrain_steps
-    total = cfg.pretrain_steps + cfg.offline_steps
-    u = cfg.updates_per_call
+    o_end = p_end + cfg.offline_steps
+    total = o_end + (cfg.online_steps if cfg.stage in ("online", "all") else 0)
     step = int(state.step)
-    results: dict = {}
+    if cfg.stage == "online" and step < o_end:
+        raise ValueError(
+            f"config.stage='online': the checkpoint in {cfg.workdir} is at step {step}, before the end of the offline "
+            f"stage ({o_end}); run --config.stage=offline first, or --config.stage=all"
+        )
+    evals = EvalCache(cfg, agent, stats, tasks, all_tasks)
+    u = cfg.updates_per_call
     bar = tqdm(total=total, initial=step, desc="train", unit="upd", dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
-    while step < total:
+    if step >= p_end:
+        evals.get("BC pretrain", state, "base", p_end)
+    while step < o_end:
         phase = "pretrain" if step < p_end else "offline"
         batches = sample_batches(cfg, offline, None, step, stats, table)
         if phase == "pretrain":
@@ -131,29 +152,41 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
             state, metrics = agent.update(state, batches, stage="offline")
         step += u
         bar.update(u)
-        if step % cfg.log_every < u or step >= total:
+        if step % cfg.log_every < u or step >= o_end:
             scalars = logger.log(step, jax.device_get(metrics), prefix=phase)
             check_finite(scalars, step)
-        if step % cfg.checkpoint_every < u or step >= total or step == p_end:
+        if step % cfg.checkpoint_every < u or step >= o_end or step == p_end:
             ckpt.save(step, state, {"phase": phase, "step": step, "version": 0, "config": cfg.to_json()}, force=True)
-        if phase == "offline" and (step % cfg.eval.every < u or step >= total):
-            res = evaluate_state(cfg, agent, state, stats, tasks, all_tasks, "policy")
-            logger.log(step, {t: {"success": s["success_rate"], "cycle_time": s["cycle_time_all"]} for t, s in res.items()}, prefix="eval")
-            if step >= total:
-                results["offline LWD"] = res
-        if step == p_end or (p_end == 0 and "base" not in results):
-            results["base"] = evaluate_state(cfg, agent, state, stats, tasks, all_tasks, "base")
+        if step == p_end:
+            evals.get("BC pretrain", state, "base", step, logger)
+        if phase == "offline" and step % cfg.eval.every < u and step < o_end:
+            evals.log_only(state, step, logger)
+    if p_end == 0:
+        evals.get("BC pretrain", state, "base", 0)
+    results = {"BC pretrain": evals.get("BC pretrain", state, "base", p_end),
+               "offline LWD": evals.get("offline LWD", state, "policy", o_end, logger)}
+    report = None
+    if total > o_end:
+        from lwd_jax.learner.online import run_online
+
+        state, report = run_online(cfg, agent, state, offline, stats, table, tasks, task_ids, logger, ckpt, total, bar)
+        results["online LWD"] = evals.get("online LWD", state, "policy", total, logger)
     bar.close()
     ckpt.wait()
 
-    # ---- final table: BC pretrain ("SFT") vs offline LWD
-    if "base" not in results:
-        results["base"] = evaluate_state(cfg, agent, state, stats, tasks, all_tasks, "base")
-    if "offline LWD" not in results:  # resumed at the end, or no offline steps
-        results["offline LWD"] = evaluate_state(cfg, agent, state, stats, tasks, all_tasks, "policy")
-    results = {"BC pretrain": results.pop("base"), "offline LWD": results["offline LWD"]}
+    # ---- final table (and the online stage's plot)
     long_tasks = {t for t in tasks if get_task(t).is_long}
     table_md = evaluation.markdown_table(results, long_tasks)
+    if report is not None:
+        table_md += "\n\n" + online_summary(cfg, report)
+        with open(os.path.join(cfg.workdir, "fleet_episodes.jsonl"), "w") as f:  # the plot's data, for reuse
+            f.writelines(json.dumps(dataclasses.asdict(e)) + "\n" for e in report.fleet_episodes)
+        plots.success_vs_fleet_episodes(
+            report.fleet_episodes, os.path.join(cfg.workdir, "success_vs_fleet_episodes.png"),
+            autonomous=set(report.autonomous_robots), window=3 * len(tasks),
+            evals={"offline LWD": (0, results["offline LWD"]), "online LWD": (len(report.fleet_episodes), results["online LWD"])},
+            title=f"{cfg.workdir}: fleet success (robots without a human attendant)",
+        )
     with open(os.path.join(cfg.workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     with open(os.path.join(cfg.workdir, "results.md"), "w") as f:
@@ -162,6 +195,62 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
     logger.close()
     ckpt.close()
     return results
+
+
+def online_summary(cfg: ml_collections.ConfigDict, report) -> str:
+    """The online stage's budget and fleet outcome, as markdown under the table."""
+    eps = report.fleet_episodes
+    auto = [e for e in eps if e.robot_id in set(report.autonomous_robots)]
+    human = sum(e.intervention_steps for e in eps)
+    steps = sum(e.steps for e in eps)
+    lines = [
+        f"Online budget: {len(eps)} fleet episodes ({steps} robot steps; {human / max(steps, 1):.1%} driven by the "
+        f"simulated human) from {cfg.online.num_robots} bridge processes at {cfg.online.control_hz:g} Hz, "
+        f"{cfg.online_steps} learner updates, {len(report.versions_published)} policy versions, "
+        f"{report.seconds / 60:.1f} min wall.",
+    ]
+    if auto:
+        half = len(auto) // 2
+        first, last = auto[:half] or auto, auto[half:]
+        lines.append(
+            f"Fleet success (robots without a human): first half {np.mean([e.success for e in first]):.2f} "
+            f"({len(first)} episodes) -> second half {np.mean([e.success for e in last]):.2f} ({len(last)} episodes)."
+        )
+    return "\n".join(lines)
+
+
+class EvalCache:
+    """Per-task simulator evaluations, stored in workdir/evals/<name>.json so a resumed run reuses them."""
+
+    def __init__(self, cfg, agent, stats, tasks, all_tasks):
+        self.cfg, self.agent, self.stats, self.tasks, self.all_tasks = cfg, agent, stats, tasks, all_tasks
+        self.dir = os.path.join(cfg.workdir, "evals")
+        os.makedirs(self.dir, exist_ok=True)
+
+    def get(self, name: str, state, kind: str, step: int, logger: MetricsLogger | None = None) -> dict:
+        """The evaluation `name` (taken at `step`), computed from `state` unless already on disk."""
+        path = os.path.join(self.dir, name.replace(" ", "_") + ".json")
+        if os.path.exists(path):
+            with open(path) as f:
+                saved = json.load(f)
+            if saved["step"] == step and saved["tasks"] == self.tasks:
+                return saved["summary"]
+        summary = evaluate_state(self.cfg, self.agent, state, self.stats, self.tasks, self.all_tasks, kind)
+        with open(path + ".tmp", "w") as f:
+            json.dump({"step": step, "tasks": self.tasks, "summary": summary}, f)
+        os.replace(path + ".tmp", path)
+        if logger is not None:
+            self._log(logger, step, summary, name)
+        return summary
+
+    def log_only(self, state, step: int, logger: MetricsLogger) -> None:
+        summary = evaluate_state(self.cfg, self.agent, state, self.stats, self.tasks, self.all_tasks, "policy")
+        self._log(logger, step, summary, "policy")
+
+    @staticmethod
+    def _log(logger: MetricsLogger, step: int, summary: dict, name: str) -> None:
+        logger.log(step, {t: {"success": s["success_rate"], "score": s["stepwise_score"], "cycle_time": s["cycle_time_all"]}
+                          for t, s in summary.items()}, prefix="eval/" + name.replace(" ", "_"))
 
 
 def evaluate_state(cfg, agent, state, stats, tasks, all_tasks, kind: str) -> dict:
@@ -178,7 +267,12 @@ def main() -> None:
     """CLI: flags are defined here, not at import, so tests can import this module beside other entry points."""
     config = config_flags.DEFINE_config_file("config", "experiments/configs/multitask.py", "experiment config")
     shd.maybe_initialize_distributed()  # multi-host only when LWD_COORDINATOR is set (see lwd_jax/sharding.py)
-    app.run(lambda _: run(config.value))
+
+    def main_(_argv: list[str]) -> None:
+        absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
+        run(config.value)
+
+    app.run(main_)
 
 
 if __name__ == "__main__":

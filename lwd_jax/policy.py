@@ -72,6 +72,11 @@ class Policy:
         """Ties the sampling noise to `seed` (evaluation reseeds per episode, so results are reproducible)."""
         self._rng = jax.random.PRNGKey(seed)
 
+    def prepare(self, instructions: list[str]) -> None:
+        """Embeds `instructions` now (a robot's known task wordings), so no episode waits on the language encoder."""
+        if instructions:
+            self._embed(list(instructions))
+
     @property
     def chunk_len(self) -> int:
         return int(self.agent_cfg.action_horizon)

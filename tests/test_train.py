@@ -28,6 +28,7 @@ def test_generate_summary(smoke_dataset):
 def test_train_offline_then_resume(smoke_dataset, tmp_path, capsys):
     data_cfg, _ = smoke_dataset
     cfg = _cfg(data_cfg, tmp_path)
+    cfg.stage = "offline"
     results = run(cfg)
     assert set(results) == {"BC pretrain", "offline LWD"}
     for method in results.values():
@@ -45,6 +46,32 @@ def test_train_offline_then_resume(smoke_dataset, tmp_path, capsys):
     assert f"resumed from step {first[-1]}" in capsys.readouterr().out
     steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
     assert steps[-1] == first[-1] + cfg.updates_per_call
+
+
+def test_mini_flywheel_end_to_end(smoke_dataset, tmp_path, capsys):
+    """Tiny nets, 2 bridge processes over loopback gRPC, a few online updates and version pushes."""
+    from lwd_jax.data.rlds_reader import read_episodes
+
+    data_cfg, _ = smoke_dataset
+    cfg = _cfg(data_cfg, tmp_path)
+    cfg.stage = "all"
+    results = run(cfg)
+    assert list(results) == ["BC pretrain", "offline LWD", "online LWD"]
+    out = capsys.readouterr().out
+    assert "Online budget: 4 fleet episodes" in out and "online LWD success" in out
+    assert (tmp_path / "success_vs_fleet_episodes.png").stat().st_size > 10_000
+    fleet = read_episodes(tmp_path / "fleet" / "rlds")
+    robot_ids = []
+    for r in ("robot-0", "robot-1"):
+        lines = (tmp_path / "fleet" / r / "state" / "episodes.jsonl").read_text().splitlines()
+        logged = [json.loads(x) for x in lines]
+        assert len(logged) == 2 and not os.listdir(tmp_path / "fleet" / r / "state" / "spool" / "pending")
+        robot_ids += [x["episode_id"] for x in logged]
+    assert sorted(ep.episode_id for ep in fleet) == sorted(robot_ids)  # every fleet episode landed exactly once
+    total = cfg.pretrain_steps + cfg.offline_steps + cfg.online_steps
+    assert {ep.policy_version for ep in fleet} <= set(range(cfg.pretrain_steps + cfg.offline_steps, total + 1))
+    assert not any(ep.intervention.any() for ep in fleet if ep.robot_id == "robot-1")  # robot-1 has no human attendant
+    assert max(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()) == total
 
 
 def test_config_errors_name_the_key(tmp_path):

@@ -1,7 +1,8 @@
 """The main experiment: one policy for every task of the simulated suite.
 
-Offline stage (BC pretrain, then DIVL + QAM on the offline RLDS data):
+All stages (BC pretrain, DIVL + QAM on the offline RLDS data, then online with the embedded fleet):
 
+    python -m experiments.train --config=experiments/configs/multitask.py
     python -m experiments.train --config=experiments/configs/multitask.py --config.stage=offline
 
 Variants, selected after the colon: `multitask.py:smoke` (tiny nets and budgets: what the tests train and
@@ -78,7 +79,7 @@ def get_agent_config() -> ml_collections.ConfigDict:
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.stage = "offline"  # "offline": pretrain + offline RL | "online": the fleet loop | "all"
+    c.stage = "all"  # "offline": pretrain + offline RL | "online": the fleet loop (after offline) | "all"
     c.workdir = "runs/multitask"
     c.resume = True  # continue from the latest checkpoint in workdir when there is one
     c.tasks = "all"  # comma-separated task names, or "all" for every task in the registry
@@ -103,6 +104,20 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # trains 10-100x longer.
     c.pretrain_steps = 10_000
     c.offline_steps = 2_000
+    c.online_steps = 2_000  # learner updates of the online stage (stage "online" / "all")
+
+    # The embedded simulated fleet of the online stage (lwd_jax/learner/online.py).
+    c.online = ml_collections.ConfigDict()
+    c.online.num_robots = 3  # bridge daemon processes on loopback
+    c.online.teleop_robots = 1  # the first k robots have a simulated human attendant (interventions)
+    c.online.control_hz = 40.0  # simulated robots run at 2x their nominal 20 Hz, paced by the daemon
+    c.online.fleet_episodes = 240  # fleet budget, split over the robots (0: until the learner is done)
+    c.online.publish_every = 200  # learner updates between parameter versions (K)
+    c.online.warmup_episodes = 6  # fleet episodes before the first online update
+    c.online.warmup_timeout_s = 600.0
+    c.online.log_window = 20  # per-task trailing window of fleet success in the logs
+    c.online.port = 0  # 0: any free loopback port
+    c.online.stop_timeout_s = 120.0  # SIGTERM -> SIGKILL for daemons that do not finish and flush
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 10_000
@@ -120,6 +135,15 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         c.updates_per_call = 2
         c.pretrain_steps = 4
         c.offline_steps = 4
+        c.online_steps = 4
+        c.online.num_robots = 2
+        c.online.teleop_robots = 1
+        c.online.control_hz = 0.0
+        c.online.fleet_episodes = 4
+        c.online.publish_every = 2
+        c.online.warmup_episodes = 2
+        c.online.warmup_timeout_s = 120.0
+        c.online.stop_timeout_s = 60.0
         c.eval.every = 4
         c.eval.episodes_per_task = 1
         c.eval.workers = 1

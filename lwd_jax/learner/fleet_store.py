@@ -1,0 +1,150 @@
+"""Where fleet episodes go on the learner: an RLDS dataset on disk (truth) and the online replay buffer (RAM).
+
+Why both, in this order: the servicer acknowledges an episode only after `persist` returned, so the RLDS
+shard is durable before the robot deletes its spooled copy; `on_accept` then cuts the episode into chunked
+n-step transitions for the online buffer. A restarted learner calls `rebuild()`: it replays the dataset into
+a fresh buffer and returns the acknowledged episode ids, which seed the servicer's dedupe set, so a robot
+that re-sends an episode whose ack was lost gets `duplicate` and nothing is stored twice.
+
+Threading: gRPC handler threads call persist/on_accept (serialized by the servicer), the training thread
+samples; a lock guards the buffer and the episode log. Instruction embeddings for new wordings are computed
+under the same serialization (see batching.InstructionTable).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from lwd_jax.data.batching import InstructionTable, buffer_columns
+from lwd_jax.data.replay import Batch, TransitionBuffer, mixed_batch
+from lwd_jax.data.schema import Episode
+from lwd_jax.data.transitions import chunk_transitions
+
+
+@dataclasses.dataclass(frozen=True)
+class FleetEpisode:
+    """What the learner logs of one accepted episode (the x axis of 'success vs fleet episodes')."""
+
+    order: int  # 0, 1, 2, ... in acceptance order (rebuilt in the same order after a restart)
+    episode_id: str
+    robot_id: str
+    task: str
+    success: bool
+    steps: int
+    subgoal_frac: float
+    policy_version: int
+    intervention_steps: int
+    accepted_at: float  # learner wall clock (time.time()) at acceptance; replayed episodes carry the rebuild time
+
+
+class FleetStore:
+    """The learner's fleet data: `persist` and `on_accept` for the servicer, `sample` for the training loop."""
+
+    def __init__(
+        self,
+        rlds_dir: str,
+        *,
+        chunk_len: int,
+        n_chunks: int | Mapping[str, int],
+        gamma: float,
+        task_ids: Mapping[str, int],
+        table: InstructionTable,
+        capacity: int,
+        durable: bool = True,
+    ):
+        from lwd_jax.data.rlds_writer import RLDSWriter
+
+        self.rlds_dir = rlds_dir
+        self._cut = dict(chunk_len=chunk_len, n_chunks=n_chunks, gamma=gamma, task_ids=dict(task_ids))
+        self._table = table
+        self.writer = RLDSWriter(rlds_dir, durable=durable, known_tasks=dict(task_ids))
+        self.buffer = TransitionBuffer(capacity)
+        self.episodes: list[FleetEpisode] = []
+        self._lock = threading.Lock()
+
+    # ---------------------------------------------------------------- servicer callbacks
+
+    def persist(self, ep: Episode) -> None:
+        """One RLDS shard per episode, durable when this returns (the ack follows)."""
+        self.writer.append(ep)
+
+    def on_accept(self, ep: Episode) -> None:
+        """Episode -> transitions -> online buffer, and one line in the fleet log."""
+        cols = buffer_columns(chunk_transitions(ep, **self._cut), self._table)
+        with self._lock:
+            self.buffer.add(cols)
+            self.episodes.append(
+                FleetEpisode(
+                    order=len(self.episodes), episode_id=ep.episode_id, robot_id=ep.robot_id, task=ep.task,
+                    success=bool(ep.success), steps=int(ep.num_steps),
+                    subgoal_frac=float(ep.subgoals[-1]) / max(int(ep.num_subgoals), 1),
+                    policy_version=int(ep.policy_version), intervention_steps=int(ep.intervention.sum()),
+                    accepted_at=time.time(),
+                )
+            )
+
+    # ---------------------------------------------------------------- restart
+
+    def rebuild(self) -> list[str]:
+        """Replays the fleet dataset on disk into the (empty) buffer; returns the stored episode ids."""
+        from lwd_jax.data.rlds_reader import RLDSReader
+
+        if self.writer.num_episodes == 0:
+            return []
+        ids = []
+        for ep in RLDSReader(self.rlds_dir).episodes():
+            self.on_accept(ep)
+            ids.append(ep.episode_id)
+        return ids
+
+    def close(self) -> None:
+        self.writer.close()
+
+    # ---------------------------------------------------------------- training side
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self.episodes)
+
+    def num_transitions(self) -> int:
+        with self._lock:
+            return len(self.buffer)
+
+    def sample(self, rng: np.random.Generator, offline: TransitionBuffer, n: int, online_fraction: float,
+               balanced: bool = True) -> Batch:
+        """A batch of `n`: `online_fraction` from the fleet buffer (once it has data), the rest offline."""
+        with self._lock:
+            return mixed_batch(rng, offline, self.buffer, n, online_fraction, balanced=balanced)
+
+    def snapshot(self) -> list[FleetEpisode]:
+        with self._lock:
+            return list(self.episodes)
+
+
+def fleet_summary(episodes: list[FleetEpisode], window: int, tasks: list[str] | None = None,
+                  robots: set[str] | None = None) -> dict[str, Any]:
+    """Per-task success / step-wise score / cycle time over the last `window` episodes of each task.
+
+    `robots` restricts to episodes from those robots (e.g. the ones without a human attendant, whose
+    success is the policy's own).
+    """
+    eps = [e for e in episodes if robots is None or e.robot_id in robots]
+    out: dict[str, Any] = {}
+    for task in tasks or sorted({e.task for e in eps}):
+        recent = [e for e in eps if e.task == task][-window:]
+        if not recent:
+            continue
+        wins = [e.steps for e in recent if e.success]
+        out[task] = {
+            "episodes": len(recent),
+            "success": float(np.mean([e.success for e in recent])),
+            "score": float(np.mean([e.subgoal_frac for e in recent])),
+            "cycle_steps": float(np.mean(wins)) if wins else float("nan"),
+        }
+    return out

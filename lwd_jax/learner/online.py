@@ -1,0 +1,166 @@
+"""The online stage: learner service + embedded fleet + continuous DIVL/QAM training on offline ⊕ fleet data.
+
+    offline buffer ──┐
+                     ├─ mixed batch (online_fraction, task-balanced) ─► agent.update(stage="online") ─┐
+    fleet buffer ◄───┘                                                                                 │
+        ▲   FleetStore.on_accept ◄─ RLDS shard (persist) ◄─ FleetServicer ◄── gRPC ── bridge daemons   │
+        │                                                        │ params vN (every publish_every) ◄──┘
+        └──────────────── rebuilt from the fleet RLDS dataset after a restart
+
+Why the order of shutdown: the fleet is stopped first (SIGTERM: each daemon ends its episode, spools it and
+flushes its spool to the still-running learner), then the server, so the budget's last episodes land too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from lwd_jax.agent import LWDAgent, policy_params
+from lwd_jax.data import batching
+from lwd_jax.data.normalize import NormStats
+from lwd_jax.data.replay import TransitionBuffer
+from lwd_jax.learner.auth import TokenAuth
+from lwd_jax.learner.checkpoint import Checkpointer
+from lwd_jax.learner.fleet_store import FleetEpisode, FleetStore, fleet_summary
+from lwd_jax.learner.local_fleet import LocalFleet, plan_fleet
+from lwd_jax.learner.metrics_log import MetricsLogger, check_finite
+from lwd_jax.learner.service import FleetServicer, PolicyStore, serve
+from lwd_jax.policy import encode_policy
+from lwd_jax.sim.tasks import get_task
+
+log = logging.getLogger(__name__)
+
+
+class FleetFailed(RuntimeError):
+    """Every robot of the embedded fleet exited with an error; the message points at their logs."""
+
+
+@dataclasses.dataclass
+class OnlineReport:
+    """What the online stage did: its budget in fleet episodes and learner updates, and the fleet's log."""
+
+    fleet_episodes: list[FleetEpisode]
+    learner_updates: int
+    versions_published: list[int]
+    seconds: float
+    autonomous_robots: list[str]
+    robot_logs: dict[str, list[dict]]
+    spooled_left: dict[str, int]
+    robot_exit_codes: dict[str, int | None]
+
+
+def run_online(
+    cfg: ml_collections.ConfigDict,
+    agent: LWDAgent,
+    state: Any,
+    offline: TransitionBuffer,
+    stats: NormStats,
+    table: batching.InstructionTable,
+    tasks: list[str],
+    task_ids: dict[str, int],
+    logger: MetricsLogger,
+    ckpt: Checkpointer,
+    total_steps: int,
+    progress: Any = None,
+) -> tuple[Any, OnlineReport]:
+    """Trains from `state.step` to `total_steps` while the fleet runs; returns the final state and the report."""
+    oc = cfg.online
+    root = os.path.join(cfg.workdir, "fleet")
+    for t in tasks:  # every registered wording, so the servicer's thread never has to embed one
+        table.ids(list(get_task(t).instructions))
+    n_online = {t: cfg.data.n_chunks_online for t in task_ids}
+    store = FleetStore(os.path.join(root, "rlds"), chunk_len=cfg.agent.action_horizon, n_chunks=n_online,
+                       gamma=cfg.data.gamma, task_ids=task_ids, table=table, capacity=cfg.data.online_capacity)
+    seen = store.rebuild()
+    if seen:
+        print(f"online: rebuilt the fleet buffer from disk: {len(seen)} episodes, {store.num_transitions()} transitions", flush=True)
+
+    specs = plan_fleet(oc.num_robots, tasks, oc.fleet_episodes, oc.teleop_robots, cfg.seed)
+    fleet = LocalFleet(root, specs, control_hz=oc.control_hz, extra_config={"shutdown_drain_s": 30.0})
+    policies = PolicyStore()
+    servicer = FleetServicer(
+        persist=store.persist, on_accept=store.on_accept, known_tasks=task_ids,
+        max_steps=max(get_task(t).step_budget for t in tasks), params_provider=policies,
+        auth=TokenAuth.from_plain_tokens(fleet.make_tokens()), seen_episode_ids=seen,
+    )
+    server = serve(servicer, port=oc.port, host="127.0.0.1")
+    fleet.write_configs(f"127.0.0.1:{server.port}")
+
+    versions: list[int] = []
+
+    def publish(st: Any) -> None:
+        version = int(st.step)
+        if versions and version <= versions[-1]:
+            return
+        params = jax.device_get(policy_params(st, "policy"))
+        policies.publish(version, encode_policy(cfg.agent, params, stats, version=version, kind="policy"))
+        versions.append(version)
+
+    step = int(state.step)
+    t0 = time.time()
+    autonomous = {s.robot_id for s in specs if not s.teleop}
+    try:
+        publish(state)
+        fleet.start()
+        print(f"online: learner on {fleet.learner}; {len(specs)} bridge processes "
+              f"({len(specs) - len(autonomous)} with a human attendant) at {oc.control_hz:g} Hz; "
+              f"budget {oc.fleet_episodes or 'unbounded'} fleet episodes, {total_steps - step} learner updates", flush=True)
+        _wait_for_warmup(store, fleet, oc.warmup_episodes, oc.warmup_timeout_s)
+        u = cfg.updates_per_call
+        while step < total_steps:
+            rng = np.random.default_rng([cfg.seed, step, 1])
+            cols = store.sample(rng, offline, cfg.batch_size * u, cfg.data.online_fraction, cfg.data.task_balanced)
+            batches = batching.stack(batching.agent_batch(cols, stats, table), u)
+            state, metrics = agent.update(state, batches, stage="online")
+            step += u
+            if progress is not None:
+                progress.update(u)
+            if step % oc.publish_every < u or step >= total_steps:
+                publish(state)
+            if step % cfg.log_every < u or step >= total_steps:
+                scalars = logger.log(step, jax.device_get(metrics), prefix="online")
+                check_finite(scalars, step)
+                eps = store.snapshot()
+                summ = fleet_summary(eps, oc.log_window, tasks, autonomous or None)
+                logger.log(step, {"fleet/episodes": len(eps), "fleet/version": versions[-1],
+                                  "fleet/transitions": store.num_transitions(),
+                                  **{f"fleet/{t}/success": s["success"] for t, s in summ.items()}})
+            if step % cfg.checkpoint_every < u or step >= total_steps:
+                ckpt.save(step, state, {"phase": "online", "step": step, "version": versions[-1],
+                                        "fleet_episodes": len(store), "config": cfg.to_json()}, force=True)
+            bad = fleet.failed()
+            if bad and len(bad) == len(specs):
+                raise FleetFailed(f"every bridge daemon exited with an error {bad}; see {root}/robot-*/daemon.log")
+    finally:
+        codes = fleet.stop(timeout_s=oc.stop_timeout_s)
+        server.stop()
+        store.close()
+    report = OnlineReport(
+        fleet_episodes=store.snapshot(), learner_updates=step, versions_published=versions,
+        seconds=time.time() - t0, autonomous_robots=sorted(autonomous), robot_logs=fleet.episode_logs(),
+        spooled_left=fleet.spooled(), robot_exit_codes=codes,
+    )
+    print(f"online: {len(report.fleet_episodes)} fleet episodes accepted, {len(versions)} versions published, "
+          f"{report.seconds / 60:.1f} min; still spooled on robots: {report.spooled_left}", flush=True)
+    return state, report
+
+
+def _wait_for_warmup(store: FleetStore, fleet: LocalFleet, episodes: int, timeout_s: float) -> None:
+    """Training on an empty fleet buffer would be offline RL with a different tau; wait for first data."""
+    deadline = time.monotonic() + timeout_s
+    while len(store) < episodes:
+        bad = fleet.failed()
+        if bad and len(bad) == len(fleet.specs):
+            raise FleetFailed(f"every bridge daemon exited with an error {bad}; see {fleet.root}/robot-*/daemon.log")
+        if fleet.all_exited() or time.monotonic() > deadline:
+            print(f"online: warm-up ended with {len(store)} fleet episodes (wanted {episodes})", flush=True)
+            return
+        time.sleep(0.5)

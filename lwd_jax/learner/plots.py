@@ -1,0 +1,74 @@
+"""PNG plots of the flywheel: success rate against fleet experience.
+
+Why fleet episodes on the x axis (not wall time or learner steps): fleet experience is what a deployment pays
+for, and it is the axis on which methods with different update costs can be compared fairly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+
+def trailing_mean(values: Sequence[float], window: int) -> np.ndarray:
+    """Mean of the last `window` values at each position (fewer at the start)."""
+    v = np.asarray(values, np.float64)
+    if v.size == 0:
+        return v
+    c = np.concatenate([[0.0], np.cumsum(v)])
+    idx = np.arange(1, v.size + 1)
+    lo = np.maximum(0, idx - window)
+    return (c[idx] - c[lo]) / (idx - lo)
+
+
+def success_vs_fleet_episodes(
+    episodes: Sequence[Any],
+    path: str,
+    *,
+    autonomous: set[str] | None = None,
+    window: int = 50,
+    evals: Mapping[str, tuple[int, Mapping[str, Mapping[str, float]]]] | None = None,
+    title: str = "",
+) -> None:
+    """Trailing success rate and step-wise score of fleet episodes vs the number of fleet episodes so far.
+
+    `episodes`: FleetEpisode records in acceptance order. Only episodes of `autonomous` robots (no human
+    attendant) enter the curves, since a human's takeovers would inflate success; the x axis still counts
+    every fleet episode. `evals`: name -> (x, per-task summary) of simulator evaluations, drawn as points
+    with the average success and the mean of the per-task 95% interval bounds.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs, succ, score = [], [], []
+    for i, e in enumerate(episodes):
+        if autonomous is None or e.robot_id in autonomous:
+            xs.append(i + 1)
+            succ.append(float(e.success))
+            score.append(e.subgoal_frac)
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    if xs:
+        ax.plot(xs, trailing_mean(succ, window), label=f"fleet success (trailing {window})", color="C0")
+        ax.plot(xs, trailing_mean(score, window), label=f"fleet step-wise score (trailing {window})", color="C1", alpha=0.8)
+    for k, (name, (x, summary)) in enumerate((evals or {}).items()):
+        if not summary:
+            continue
+        rates = [s["success_rate"] for s in summary.values()]
+        lo = np.mean([s["success_lo"] for s in summary.values()])
+        hi = np.mean([s["success_hi"] for s in summary.values()])
+        m = float(np.mean(rates))
+        ax.errorbar([x], [m], yerr=[[m - lo], [hi - m]], fmt="o", capsize=4, color=f"C{k + 2}", label=f"eval: {name} ({m:.2f})")
+    ax.set_xlabel("fleet episodes")
+    ax.set_ylabel("success rate / score")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
