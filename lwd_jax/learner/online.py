@@ -132,7 +132,9 @@ def run_online(
                 summ = fleet_summary(eps, oc.log_window, tasks, autonomous or None)
                 logger.log(step, {"fleet/episodes": len(eps), "fleet/version": versions[-1],
                                   "fleet/transitions": store.num_transitions(),
-                                  **{f"fleet/{t}/success": s["success"] for t, s in summ.items()}})
+                                  **{f"fleet/{t}/success": s["success"] for t, s in summ.items()},
+                                  **{f"fleet/{t}/cycle_steps": s["cycle_steps"] for t, s in summ.items()
+                                     if s["cycle_steps"] == s["cycle_steps"]}})  # NaN: no success in the window
             if step % cfg.checkpoint_every < u or step >= total_steps:
                 ckpt.save(step, state, {"phase": "online", "step": step, "version": versions[-1],
                                         "fleet_episodes": len(store), "config": cfg.to_json()}, force=True)

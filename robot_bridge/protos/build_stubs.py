@@ -23,6 +23,8 @@ import hashlib
 import importlib.metadata
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,15 +94,12 @@ def _run_protoc(stage_root: Path, out_root: Path) -> None:
         f"--grpc_python_out={out_root}",
         *rel,
     ]
-    # protoc resolves relative file names against the current directory.
-    cwd = os.getcwd()
-    try:
-        os.chdir(stage_root)
-        code = protoc.main(args)
-    finally:
-        os.chdir(cwd)
-    if code != 0:
-        raise RuntimeError(f"protoc failed with exit code {code} on {rel} (see stderr above)")
+    # A child process, never protoc.main() in this one: grpc_tools bundles its own C++ protobuf, and in a
+    # process that already loaded TensorFlow's the two clash and segfault (seen: the learner's first import
+    # of these stubs, after the RLDS reader had loaded TensorFlow). cwd: protoc resolves names against it.
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=stage_root, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"protoc failed with exit code {proc.returncode} on {rel}: {proc.stderr.strip()}")
 
 
 def build(force: bool = False) -> Path:
