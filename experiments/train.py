@@ -31,6 +31,7 @@ from lwd_jax.data.replay import TransitionBuffer, mixed_batch
 from lwd_jax.data.rlds_reader import RLDSReader
 from lwd_jax.learner import evaluation, plots
 from lwd_jax.learner.checkpoint import Checkpointer
+from lwd_jax.learner.local_fleet import plan_fleet
 from lwd_jax.learner.metrics_log import MetricsLogger, check_finite
 from lwd_jax.policy import encode_policy
 from lwd_jax.sim.tasks import get_task, task_names
@@ -47,12 +48,12 @@ def check_config(cfg: ml_collections.ConfigDict) -> list[str]:
         if int(cfg[key]) < 0 or int(cfg[key]) % cfg.updates_per_call:
             raise ValueError(f"config.{key}: expected a non-negative multiple of updates_per_call ({cfg.updates_per_call}), got {cfg[key]}")
     oc = cfg.online
-    for key in ("num_robots", "publish_every", "log_window"):
+    for key in ("publish_every", "log_window"):
         if int(oc[key]) < 1:
             raise ValueError(f"config.online.{key}: expected >= 1, got {oc[key]}")
-    if oc.fleet_episodes < 0 or oc.control_hz < 0 or not 0 <= oc.teleop_robots <= oc.num_robots:
-        raise ValueError("config.online: fleet_episodes and control_hz must be >= 0 and teleop_robots in [0, num_robots], "
-                         f"got {oc.fleet_episodes}, {oc.control_hz}, {oc.teleop_robots}")
+    for key in ("fleet_episodes", "control_hz"):
+        if oc[key] < 0:
+            raise ValueError(f"config.online.{key}: expected >= 0, got {oc[key]}")
     for key in ("batch_size", "updates_per_call"):
         if int(cfg[key]) < 1:
             raise ValueError(f"config.{key}: expected >= 1, got {cfg[key]}")
@@ -67,6 +68,7 @@ def check_config(cfg: ml_collections.ConfigDict) -> list[str]:
     unknown = [t for t in tasks if t not in known]
     if unknown or not tasks:
         raise ValueError(f"config.tasks: unknown task(s) {unknown} (known: {known})")
+    plan_fleet(cfg.online.num_robots, tasks, cfg.online.fleet_episodes, cfg.online.teleop_robots, cfg.seed)  # checks both
     return tasks
 
 
@@ -161,8 +163,6 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
             evals.get("BC pretrain", state, "base", step, logger)
         if phase == "offline" and step % cfg.eval.every < u and step < o_end:
             evals.log_only(state, step, logger)
-    if p_end == 0:
-        evals.get("BC pretrain", state, "base", 0)
     results = {"BC pretrain": evals.get("BC pretrain", state, "base", p_end),
                "offline LWD": evals.get("offline LWD", state, "policy", o_end, logger)}
     report = None

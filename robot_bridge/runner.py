@@ -73,7 +73,7 @@ def run_episode(
         else:
             if not chunk:
                 t0 = time.perf_counter()
-                raw = np.asarray(act(obs, instruction), np.float32).reshape(-1, schema.ACTION_DIM)
+                raw = schema.as_action_chunk(act(obs, instruction), f"robot {robot_id!r} task {task!r}")
                 max_latency = max(max_latency, time.perf_counter() - t0)
                 chunk.extend(raw)
             action = chunk.pop(0)
@@ -109,8 +109,7 @@ def run_episode(
         success=bool(terminated),
         num_subgoals=int(info_t["num_subgoals"]),
     )
-    schema.validate_episode(episode, where=f"robot {robot_id!r} episode")
-    return EpisodeOutcome(
+    return EpisodeOutcome(  # validated where it is stored (Spool.put), before anything else happens to it
         episode=episode,
         wall_s=clock() - start,
         cycle_time_s=len(actions) / robot.control_hz,

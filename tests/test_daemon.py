@@ -88,6 +88,12 @@ def test_runner_flags_human_steps_and_stop_spools_a_partial_episode():
     assert calls[0] in TASKS["cube_pick_place"].instructions
 
 
+def test_runner_names_a_wrongly_shaped_policy_output():
+    flat = lambda obs, instr: np.zeros(10, np.float32)  # two actions run together: never silently reshaped
+    with pytest.raises(ValueError, match=r"robot 'robot-0' task 'cube_pick_place': policy must return \[5\] or \[H, 5\], got \(10,\)"):
+        run_episode(SimRobot(), flat, "cube_pick_place", seed=0, robot_id="robot-0", policy_version=0, control_hz=0)
+
+
 def test_runner_paces_at_the_control_rate():
     robot = SimRobot()
     n = {"calls": 0}

@@ -91,6 +91,14 @@ def test_config_errors_name_the_key(tmp_path):
     cfg.tasks = "cube_pick_place,no_such_task"
     with pytest.raises(ValueError, match="no_such_task"):
         check_config(cfg)
+    cfg = get_config("smoke")
+    cfg.online.teleop_robots = 3  # more attended robots than robots
+    with pytest.raises(ValueError, match="config.online.teleop_robots"):
+        check_config(cfg)
+    cfg = get_config("smoke")
+    cfg.online.fleet_episodes = -1
+    with pytest.raises(ValueError, match="config.online.fleet_episodes"):
+        check_config(cfg)
     with pytest.raises(AttributeError, match="no_such_field"):
         get_config("smoke").agent.no_such_field = 1  # ConfigDict refuses unknown keys once locked
     with pytest.raises(ValueError, match="variant"):

@@ -82,6 +82,11 @@ class Episode:
         """Number of actions taken (T)."""
         return int(self.action.shape[0])
 
+    @property
+    def subgoal_frac(self) -> float:
+        """Fraction of the task's sub-goals reached by the end: the paper's step-wise score of this episode."""
+        return float(self.subgoals[-1]) / max(int(self.num_subgoals), 1)
+
     def metadata(self) -> dict[str, Any]:
         """The `episode_metadata` written to RLDS."""
         return {
@@ -175,6 +180,20 @@ META_FIELDS = (
     "num_subgoals",
     "episode_id",
 )
+
+
+def as_action_chunk(raw: Any, where: str) -> np.ndarray:
+    """A policy's output as an [H, ACTION_DIM] float32 chunk; raises ValueError naming the bad shape.
+
+    Why here: the simulator's recorder and the robot's runner both execute policy chunks, and a wrongly
+    shaped output must fail the same way in both (never be reshaped into some other chunk).
+    """
+    chunk = np.asarray(raw, dtype=np.float32)
+    if chunk.ndim == 1:
+        chunk = chunk[None]
+    if chunk.ndim != 2 or chunk.shape[0] < 1 or chunk.shape[1] != ACTION_DIM:
+        raise ValueError(f"{where}: policy must return [{ACTION_DIM}] or [H, {ACTION_DIM}], got {np.shape(raw)}")
+    return chunk
 
 
 def _text(value: Any) -> str:

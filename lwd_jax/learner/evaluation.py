@@ -45,7 +45,7 @@ def run_policy_episode(policy: Any, task: str, seed: int, teleop: Any = None) ->
         env = _WORKER["envs"][task] = make_env(task)
     ep = rollout(task, policy, seed=seed, teleop=teleop, env=env, validate=False).episode
     return EpisodeResult(
-        task, seed, bool(ep.success), ep.num_steps, float(ep.subgoals[-1]) / max(ep.num_subgoals, 1), env.step_budget,
+        task, seed, bool(ep.success), ep.num_steps, ep.subgoal_frac, env.step_budget,
         float(ep.intervention.mean()),
     )
 

@@ -83,7 +83,7 @@ class FleetStore:
                 FleetEpisode(
                     order=len(self.episodes), episode_id=ep.episode_id, robot_id=ep.robot_id, task=ep.task,
                     success=bool(ep.success), steps=int(ep.num_steps),
-                    subgoal_frac=float(ep.subgoals[-1]) / max(int(ep.num_subgoals), 1),
+                    subgoal_frac=ep.subgoal_frac,
                     policy_version=int(ep.policy_version), intervention_steps=int(ep.intervention.sum()),
                     accepted_at=time.time(),
                 )

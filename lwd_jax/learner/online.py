@@ -74,8 +74,8 @@ def run_online(
     """Trains from `state.step` to `total_steps` while the fleet runs; returns the final state and the report."""
     oc = cfg.online
     root = os.path.join(cfg.workdir, "fleet")
-    for t in tasks:  # every registered wording, so the servicer's thread never has to embed one
-        table.ids(list(get_task(t).instructions))
+    # Every registered wording, in one batch, so the servicer's thread never has to embed one.
+    table.ids([w for t in tasks for w in get_task(t).instructions])
     n_online = {t: cfg.data.n_chunks_online for t in task_ids}
     store = FleetStore(os.path.join(root, "rlds"), chunk_len=cfg.agent.action_horizon, n_chunks=n_online,
                        gamma=cfg.data.gamma, task_ids=task_ids, table=table, capacity=cfg.data.online_capacity)
@@ -98,8 +98,6 @@ def run_online(
 
     def publish(st: Any) -> None:
         version = int(st.step)
-        if versions and version <= versions[-1]:
-            return
         params = jax.device_get(policy_params(st, "policy"))
         policies.publish(version, encode_policy(cfg.agent, params, stats, version=version, kind="policy"))
         versions.append(version)
@@ -138,9 +136,7 @@ def run_online(
             if step % cfg.checkpoint_every < u or step >= total_steps:
                 ckpt.save(step, state, {"phase": "online", "step": step, "version": versions[-1],
                                         "fleet_episodes": len(store), "config": cfg.to_json()}, force=True)
-            bad = fleet.failed()
-            if bad and len(bad) == len(specs):
-                raise FleetFailed(f"every bridge daemon exited with an error {bad}; see {root}/robot-*/daemon.log")
+            _check_fleet(fleet)
     finally:
         codes = fleet.stop(timeout_s=oc.stop_timeout_s)
         server.stop()
@@ -159,10 +155,15 @@ def _wait_for_warmup(store: FleetStore, fleet: LocalFleet, episodes: int, timeou
     """Training on an empty fleet buffer would be offline RL with a different tau; wait for first data."""
     deadline = time.monotonic() + timeout_s
     while len(store) < episodes:
-        bad = fleet.failed()
-        if bad and len(bad) == len(fleet.specs):
-            raise FleetFailed(f"every bridge daemon exited with an error {bad}; see {fleet.root}/robot-*/daemon.log")
+        _check_fleet(fleet)
         if fleet.all_exited() or time.monotonic() > deadline:
             print(f"online: warm-up ended with {len(store)} fleet episodes (wanted {episodes})", flush=True)
             return
         time.sleep(0.5)
+
+
+def _check_fleet(fleet: LocalFleet) -> None:
+    """Raises FleetFailed once every daemon has exited with an error (the stage cannot get new data)."""
+    bad = fleet.failed()
+    if bad and len(bad) == len(fleet.specs):
+        raise FleetFailed(f"every bridge daemon exited with an error {bad}; see {fleet.root}/robot-*/daemon.log")

@@ -56,18 +56,6 @@ def infer_source(
     return schema.Source.DEMO
 
 
-def as_action_chunk(raw: np.ndarray, task_name: str) -> np.ndarray:
-    """A policy's output as an [H, ACTION_DIM] float32 chunk; raises ValueError naming the bad shape."""
-    chunk = np.asarray(raw, dtype=np.float32)
-    if chunk.ndim == 1:
-        chunk = chunk[None]
-    if chunk.ndim != 2 or chunk.shape[0] < 1 or chunk.shape[1] != schema.ACTION_DIM:
-        raise ValueError(
-            f"task {task_name!r}: policy must return [{schema.ACTION_DIM}] or [H, {schema.ACTION_DIM}], got {np.shape(raw)}"
-        )
-    return chunk
-
-
 def _stack_obs(observations: list[Obs]) -> dict[str, np.ndarray]:
     return {key: np.stack([o[key] for o in observations]) for key in observations[0]}
 
@@ -133,7 +121,7 @@ def rollout(
             queue.clear()
         else:
             if not queue:
-                queue.extend(as_action_chunk(policy(obs, env.instruction), task.name))
+                queue.extend(schema.as_action_chunk(policy(obs, env.instruction), f"task {task.name!r}"))
             action = queue.popleft()
         action = np.clip(np.asarray(action, dtype=np.float32), schema.ACTION_LOW, schema.ACTION_HIGH)
         obs, reward, terminated, truncated, info = env.step(action)
