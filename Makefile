@@ -44,6 +44,20 @@ train: data
 	else cfg="experiments/configs/multitask.py"; extra="--config.tasks=$(EXP) --config.workdir=runs/$(EXP)"; fi; \
 	MUJOCO_GL=disable $(PY) -m experiments.train --config=$$cfg $$extra --config.data.offline_dir=$(DATA_DIR)/offline $(TRAIN_ARGS)
 
+# Per-task evaluation of a trained run's latest checkpoint in the simulator: success [95% CI], step-wise score
+# [95% CI], cycle time (steps and seconds), intervention rate with --config.teleop=True. TASK is a task name or
+# all; POLICY is policy (fine-tuned LWD) or base (the BC flow). Writes $(RUN)/eval/<TASK>_<POLICY>[_teleop].{json,md}.
+#   make eval TASK=cube_stack RUN=runs/multitask POLICY=base EVAL_ARGS="--config.episodes=50 --config.teleop=True"
+TASK ?= all
+RUN ?= runs/multitask
+POLICY ?= policy
+EVAL_ARGS ?=
+EVAL_TASKS = $(filter-out all common __init__,$(basename $(notdir $(wildcard experiments/configs/eval/*.py))))
+eval: install
+	@if [ "$(TASK)" != all ] && ! echo " $(EVAL_TASKS) " | grep -q " $(TASK) "; then \
+	  echo "make eval: unknown TASK='$(TASK)'; expected all or one of: $(EVAL_TASKS)" >&2; exit 2; fi
+	MUJOCO_GL=disable $(PY) -m experiments.eval --config=experiments/configs/eval/$(TASK).py --config.run=$(RUN) --config.policy=$(POLICY) $(EVAL_ARGS)
+
 # Speed and memory goals live here, as JSON, never in timed tests.
 bench: install
 	MUJOCO_GL=disable $(PY) -m experiments.bench --out results/bench.json

@@ -56,6 +56,14 @@ class Checkpointer:
         )
         return out[AGENT], dict(out[META]), int(step)
 
+    def meta(self, step: int | None = None) -> dict[str, Any]:
+        """The metadata saved with `step` (latest by default) without restoring the arrays."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"checkpoint: no checkpoint under {self.directory}")
+        out = self._mngr.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
+        return dict(out[META])
+
     def wait(self) -> None:
         self._mngr.wait_until_finished()
 

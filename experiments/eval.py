@@ -1,0 +1,92 @@
+"""Per-task evaluation of a trained run's checkpoint in the simulator (issue 7).
+
+    python -m experiments.eval --config=experiments/configs/eval/cube_stack.py --config.run=runs/multitask
+    python -m experiments.eval --config=experiments/configs/eval/all.py --config.policy=base --config.teleop=True
+    make eval TASK=cube_stack RUN=runs/multitask POLICY=policy EVAL_ARGS="--config.episodes=50"
+
+Reads top to bottom: config -> checkpoint to policy blob (lwd_jax/learner/export.py) -> episodes in worker
+processes (lwd_jax/learner/evaluation.py) -> `<out_dir>/<task|all>_<policy>[_teleop].json/.md` and the table on
+stdout. Deterministic given `seed`: the same checkpoint and config give the same files.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import ml_collections
+from absl import app
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from lwd_jax.learner import evaluation
+from lwd_jax.learner.export import export_policy
+from lwd_jax.policy import KINDS
+from lwd_jax.sim.tasks import task_names
+
+
+# ============================================================================================= config
+def check_config(cfg: ml_collections.ConfigDict) -> tuple[list[str], dict[str, int]]:
+    """Validates values; returns the tasks and each task's episode count. Errors name the key."""
+    if cfg.policy not in KINDS:
+        raise ValueError(f"config.policy: expected one of {KINDS}, got {cfg.policy!r}")
+    known = task_names()
+    tasks = known if cfg.tasks == "all" else [t.strip() for t in cfg.tasks.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in known]
+    if unknown or not tasks:
+        raise ValueError(f"config.tasks: unknown task(s) {unknown or cfg.tasks!r} (known: {known})")
+    if cfg.episodes < 0:
+        raise ValueError(f"config.episodes: expected >= 0 (0: each task's own count), got {cfg.episodes}")
+    if cfg.workers < 1:
+        raise ValueError(f"config.workers: expected >= 1, got {cfg.workers}")
+    if cfg.step is not None and cfg.step < 0:
+        raise ValueError(f"config.step: expected a saved step >= 0 or None (latest), got {cfg.step}")
+    if cfg.episodes:
+        return tasks, {t: int(cfg.episodes) for t in tasks}
+    from experiments.configs.eval.common import episodes_for
+
+    return tasks, {t: episodes_for(t) for t in tasks}
+
+
+def report_stem(cfg: ml_collections.ConfigDict, tasks: list[str]) -> str:
+    """`<out_dir>/<task|all>_<policy>[_teleop]` (several tasks: their names joined with '+')."""
+    name = "all" if cfg.tasks == "all" else "+".join(tasks)
+    out_dir = cfg.out_dir if cfg.out_dir is not None else os.path.join(cfg.run, "eval")
+    return os.path.join(out_dir, f"{name}_{cfg.policy}" + ("_teleop" if cfg.teleop else ""))
+
+
+# =============================================================================================== main
+def run(cfg: ml_collections.ConfigDict) -> dict:
+    """Evaluates the configured checkpoint; writes the report files and returns the report dict."""
+    tasks, episodes = check_config(cfg)
+    exported = export_policy(cfg.run, cfg.policy, cfg.step)
+    print(f"eval: {cfg.run} step {exported.step} ({exported.phase or 'unknown phase'}), {cfg.policy} policy; "
+          f"{sum(episodes.values())} episodes over {len(tasks)} task(s), {cfg.workers} worker(s), "
+          f"teleop {'on' if cfg.teleop else 'off'}", flush=True)
+    t0 = time.time()
+    results = evaluation.evaluate(
+        exported.blob, tasks, episodes, cfg.seed, cfg.workers, all_tasks=task_names(), teleop=cfg.teleop
+    )
+    stem = report_stem(cfg, tasks)
+    report = evaluation.write_report(
+        results, stem, seed=cfg.seed, policy={"run": cfg.run, **exported.info()}, teleop=cfg.teleop
+    )
+    with open(stem + ".md") as f:
+        print(f.read(), flush=True)
+    print(f"eval: {len(results)} episodes in {time.time() - t0:.0f}s -> {stem}.json, {stem}.md", flush=True)
+    return report
+
+
+def main() -> None:
+    """CLI: flags are defined here, not at import, so tests can import this module beside other entry points."""
+    config = config_flags.DEFINE_config_file("config", "experiments/configs/eval/all.py", "evaluation config")
+
+    def main_(_argv: list[str]) -> None:
+        absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every restore at INFO
+        run(config.value)
+
+    app.run(main_)
+
+
+if __name__ == "__main__":
+    main()

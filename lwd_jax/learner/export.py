@@ -1,0 +1,132 @@
+"""Checkpoint -> policy blob: what `make eval` (and anyone serving a finished run) loads from a training workdir.
+
+A run's workdir holds `checkpoints/` (orbax: the whole agent pytree plus a JSON meta record whose "config" is the
+experiment config) and `norm_stats.json` (the `NormStats` the learner trained with). The blob is the same
+self-describing `encode_policy` bytes the learner streams to the fleet, so evaluation runs exactly what a robot
+would run. Every missing or unreadable file is an error naming its path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from lwd_jax.data import schema
+from lwd_jax.data.normalize import NormStats
+from lwd_jax.learner.checkpoint import Checkpointer
+from lwd_jax.policy import KINDS, encode_policy
+
+CHECKPOINT_DIR = "checkpoints"  # under a run's workdir (experiments/train.py)
+STATS_FILE = "norm_stats.json"  # under a run's workdir: NormStats.to_json()
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportedPolicy:
+    """The blob plus where it came from (recorded in evaluation reports)."""
+
+    blob: bytes
+    kind: str
+    step: int
+    version: int
+    phase: str
+    checkpoint_dir: str
+
+    def info(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "blob"}
+
+
+def lang_embed_dim() -> int:
+    """Width of the instruction embedding the policy was built for (the frozen encoder's hidden size)."""
+    from lwd_jax.nets.language import BertConfig, default_model_dir
+
+    return BertConfig.from_json(default_model_dir() / "config.json").hidden_size
+
+
+def example_obs(agent_cfg: ml_collections.ConfigDict, n: int = 1) -> dict[str, np.ndarray]:
+    """Zero observations of the schema's shapes: enough for `LWDAgent.abstract_state` (params ignore the batch)."""
+    obs = {
+        "state": np.zeros((n, schema.STATE_DIM), np.float32),
+        "state_mask": np.zeros((n, schema.STATE_DIM), bool),
+        "proprio": np.zeros((n, schema.PROPRIO_DIM), np.float32),
+        "lang": np.zeros((n, lang_embed_dim()), np.float32),
+    }
+    if agent_cfg.use_image:
+        obs["image"] = np.zeros((n, *schema.IMAGE_SHAPE), np.uint8)
+    return obs
+
+
+def load_stats(path: str) -> NormStats:
+    """`NormStats` from a run's norm_stats.json; errors name the path and what is wrong."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"export: normalization stats {path} not found (experiments/train.py writes it when a run starts; a run "
+            "trained before that needs it written from its offline data: NormStats.to_json())"
+        )
+    with open(path) as f:
+        text = f.read()
+    try:
+        return NormStats.from_json(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"export: {path} is not valid JSON (truncated?): {e}") from None
+    except KeyError as e:
+        raise ValueError(f"export: {path} lacks the field {e.args[0]!r} of NormStats.to_json()") from None
+
+
+def _read_meta(ckpt: Checkpointer, step: int) -> dict[str, Any]:
+    """The JSON side record of one step, without touching the (large) agent item."""
+    try:
+        return ckpt.meta(step)
+    except Exception as e:  # noqa: BLE001 - orbax raises many types; the message names the directory
+        raise ValueError(
+            f"export: the meta record of checkpoint step {step} under {ckpt.directory} is unreadable (truncated?): "
+            f"{type(e).__name__}: {e}"
+        ) from e
+
+
+def export_policy(workdir: str, kind: str = "policy", step: int | None = None) -> ExportedPolicy:
+    """Restores `<workdir>/checkpoints` (step: None = latest) and packs the acting params of `kind` as a blob."""
+    from lwd_jax.agent import LWDAgent, policy_params  # local: the agent pulls in the nets and optimizers
+
+    if kind not in KINDS:
+        raise ValueError(f"export: kind expected one of {KINDS}, got {kind!r}")
+    directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"export: no checkpoint directory {directory} (train the run first: make train)")
+    stats = load_stats(os.path.join(workdir, STATS_FILE))
+    ckpt = Checkpointer(directory)
+    try:
+        steps = ckpt.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"export: no finished checkpoint under {directory}")
+        step = max(steps) if step is None else int(step)
+        if step not in steps:
+            raise ValueError(f"export: no checkpoint at step {step} under {directory}; saved steps: {sorted(steps)}")
+        meta = _read_meta(ckpt, step)
+        if "config" not in meta:
+            raise ValueError(f"export: the meta record of step {step} under {directory} has no 'config' field")
+        cfg = ml_collections.ConfigDict(json.loads(meta["config"]))
+        agent = LWDAgent(cfg.agent, mesh=None)
+        try:
+            state, _, _ = ckpt.restore(agent.abstract_state(example_obs(cfg.agent)), step)
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(
+                f"export: checkpoint step {step} under {directory} could not be restored (truncated, or saved by a "
+                f"different agent config): {type(e).__name__}: {e}"
+            ) from e
+    finally:
+        ckpt.close()
+    params = jax.device_get(policy_params(state, kind))
+    version = int(meta.get("version", 0))
+    blob = encode_policy(cfg.agent, params, stats, version=version, kind=kind)
+    return ExportedPolicy(blob, kind, step, version, str(meta.get("phase", "")), directory)
+
+
+def policy_blob_from_checkpoint(workdir: str, kind: str = "policy", step: int | None = None) -> bytes:
+    """The `encode_policy` blob of a run's checkpoint (see `export_policy`)."""
+    return export_policy(workdir, kind, step).blob
