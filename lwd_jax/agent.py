@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lwd_jax import sharding as shd
-from lwd_jax.algos import bc, divl, qam
+from lwd_jax.algos import bc, divl, extraction, qam
 from lwd_jax.algos.common import ema_update
 from lwd_jax.nets.critic import CriticEnsemble
 from lwd_jax.nets.encoder import EncodedNet, ObsEncoder
@@ -91,6 +91,12 @@ class LWDAgent:
         self.value_net = EncodedNet(_encoder(cfg), value_head)
         self.qam_cfg = qam.QAMConfig(**dict(cfg.qam))
         self.flow_cfg = self.qam_cfg.flow
+        self.extraction = cfg.get("extraction", "qam")  # blobs written before the baselines carry no field
+        if self.extraction not in extraction.EXTRACTIONS:
+            raise ValueError(f"config.agent.extraction: expected one of {extraction.EXTRACTIONS}, got {self.extraction!r}")
+        self.ext_cfg = extraction.ExtractionConfig(**dict(cfg.get("extract", {})))
+        if self.extraction != "qam" and cfg.qam.residual:
+            raise ValueError(f"config.agent.qam.residual: only QAM has a residual field; extraction is {self.extraction!r}")
 
         def opt(lr: float) -> optax.GradientTransformation:
             return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adam(lr))
@@ -155,9 +161,21 @@ class LWDAgent:
         return lambda params, *args: net.apply(params, *args)
 
     def policy_velocity(self, params: dict[str, Any]):
-        """The fine-tuned field v_theta with params bound (v_beta + delta when residual)."""
+        """The fine-tuned field v_theta with params bound (v_beta + delta when residual).
+
+        RECAP acts with its advantage indicator set to "positive" (the conditioning is part of the policy).
+        """
         v_ref = self._velocity(self.base_net, params["base_ref"])
-        return qam.fine_velocity(self._apply(self.actor_net), params["actor"], v_ref, self.qam_cfg.residual)
+        v = qam.fine_velocity(self._apply(self.actor_net), params["actor"], v_ref, self.qam_cfg.residual)
+        if self.extraction != "recap":
+            return v
+        scale = self.ext_cfg.recap_cond_scale
+
+        def positive(obs, x, t):
+            b = jax.tree.leaves(obs)[0].shape[0]
+            return v(extraction.condition_obs(obs, jnp.ones((b,), jnp.float32), scale), x, t)
+
+        return positive
 
     # ------------------------------------------------------------------------------ pure updates
     @staticmethod
@@ -194,12 +212,13 @@ class LWDAgent:
         critic_apply, value_apply = self._apply(self.critic_net), self._apply(self.value_net)
         metrics: Metrics = {}
 
-        # 1. value distribution psi on data actions
-        (_, vinfo), g = jax.value_and_grad(
-            lambda vp: divl.value_loss(value_apply, vp, critic_apply, p["critic_target"], batch, dcfg), has_aux=True
-        )(p["value"])
-        p["value"], o["value"], metrics["value_grad_norm"] = self._sgd(self.tx["value"], p["value"], o["value"], g)
-        metrics.update(vinfo)
+        # 1. value distribution psi on data actions (not learned by the value-free RLPD-style baseline)
+        if dcfg.critic_target == "divl" or self.extraction in ("awr", "recap"):
+            (_, vinfo), g = jax.value_and_grad(
+                lambda vp: divl.value_loss(value_apply, vp, critic_apply, p["critic_target"], batch, dcfg), has_aux=True
+            )(p["value"])
+            p["value"], o["value"], metrics["value_grad_norm"] = self._sgd(self.tx["value"], p["value"], o["value"], g)
+            metrics.update(vinfo)
 
         # 2. TD target from the updated psi (or the policy-action target of the QAM reference)
         if dcfg.critic_target == "divl":
@@ -241,7 +260,8 @@ class LWDAgent:
 
             return qam.adjoint_matching_loss(fine_apply, ap, v_ref, q_fn, f, r_qam, self.action_shape, self.qam_cfg)
 
-        (_, ainfo), g = jax.value_and_grad(am_loss, has_aux=True)(p["actor"])
+        actor_loss = am_loss if self.extraction == "qam" else self._baseline_actor_loss(p, batch, r_qam, dcfg)
+        (_, ainfo), g = jax.value_and_grad(actor_loss, has_aux=True)(p["actor"])
         if stage == "online" and cfg.freeze_encoder_online:  # LWD: the VL backbone is frozen online
             g = dict(g, params=dict(g["params"], encoder=jax.tree.map(jnp.zeros_like, g["params"]["encoder"])))
         p["actor"], o["actor"], metrics["actor_grad_norm"] = self._sgd(self.tx["actor"], p["actor"], o["actor"], g)
@@ -266,6 +286,34 @@ class LWDAgent:
             else:
                 p["base_ref"] = p["base"]
         return state.replace(step=state.step + 1, params=p, opt_state=o), metrics
+
+    def _baseline_actor_loss(self, p: dict[str, Any], batch: Batch, rng: jax.Array, dcfg: divl.DIVLConfig):
+        """The actor loss of the non-QAM extractions (lwd_jax/algos/extraction.py), as a function of actor params."""
+        obs, actions, valid = batch["observations"], batch["actions"], batch["action_valid"]
+        critic_apply, value_apply = self._apply(self.critic_net), self._apply(self.value_net)
+        apply = self._apply(self.actor_net)
+        ecfg = self.ext_cfg
+        if self.extraction in ("awr", "recap"):
+            q = divl.target_q(critic_apply, p["critic_target"], obs, actions, dcfg.target_agg)
+            adv = q - divl.mean_value(value_apply, p["value"], obs, dcfg)
+            loss = extraction.awr_flow_loss if self.extraction == "awr" else extraction.recap_loss
+            return lambda ap: loss(apply, ap, obs, actions, adv, rng, valid, ecfg)
+        r_bc, r_pi = jax.random.split(rng)  # q_grad: max Q through the sampler + flow BC
+
+        def q_grad(ap):
+            bc_loss, _ = bc.flow_matching_loss(apply, ap, obs, actions, r_bc, valid)
+            feat = self.actor_net.apply(ap, obs, method=EncodedNet.encode)  # encode once, reuse over K steps
+            q_feat = jax.lax.stop_gradient(self.critic_net.apply(p["critic"], obs, method=EncodedNet.encode))
+
+            def vel(_, x, t):
+                return self.actor_net.apply(ap, feat, x, t, method=EncodedNet.from_features)
+
+            def q_fn(_, a):
+                return self.critic_net.apply(p["critic"], q_feat, a, method=EncodedNet.from_features)
+
+            return extraction.q_grad_loss(vel, q_fn, obs, bc_loss, r_pi, self.action_shape, self.flow_cfg, ecfg)
+
+        return q_grad
 
     def _scan(self, step_fn, state: AgentState, batches: Batch) -> tuple[AgentState, Metrics]:
         """Several updates per call: batches carry a leading [U] axis; metrics are averaged over U."""

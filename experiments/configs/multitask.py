@@ -59,6 +59,14 @@ def get_agent_config() -> ml_collections.ConfigDict:
             target_ema=0.005,  # paper
         )
     )
+    # Policy extraction: "qam" (LWD) | "awr" (advantage-weighted flow matching: the critic-gradient-free
+    # ablation) | "recap" (advantage-conditioned flow, pi0.6-style) | "q_grad" (RLPD/HIL-SERL-style: max Q
+    # through the whole sampler + flow BC). Settings in lwd_jax/algos/extraction.py.
+    a.extraction = "qam"
+    a.extract = ml_collections.ConfigDict(
+        dict(awr_temperature=10.0, awr_max_weight=100.0, recap_threshold=0.0, recap_drop_prob=0.3,
+             recap_cond_scale=1.0, q_grad_bc_weight=1.0)
+    )
     a.qam = ml_collections.ConfigDict(
         dict(
             flow_steps=10,  # K (QAM code default)
@@ -83,9 +91,18 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.workdir = "runs/multitask"
     c.resume = True  # continue from the latest checkpoint in workdir when there is one
     c.tasks = "all"  # comma-separated task names, or "all" for every task in the registry
+    # Start from another run's BC-pretrain checkpoint (its workdir) instead of pretraining here: the
+    # benchmark shares one SFT checkpoint per seed across every method. Only the BC flow is taken.
+    c.init_from = ""
+    # What the online learner does with fleet data: "rl" (the agent's critic + extraction, LWD and the RL
+    # baselines) | "hg_dagger" (BC on the demos plus the fleet's human-driven chunks; deploys the BC flow).
+    c.online_learner = "rl"
 
     c.data = ml_collections.ConfigDict()
     c.data.offline_dir = "data/offline"
+    # What BC pretraining clones: "all" episodes of the offline mix, or only the "demos" (the SFT baseline;
+    # HG-DAgger aggregates the fleet's human chunks with the same demos).
+    c.data.pretrain_data = "all"
     c.data.gamma = 0.998  # per control step; cycle time enters through it (paper: 0.9999 at 30 Hz)
     c.data.n_chunks_offline_long = 10  # paper: n = 10 chunks offline on long tasks
     c.data.n_chunks_offline_short = 1  # paper: n = 1 on short tasks
@@ -124,6 +141,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.eval.episodes_per_task = 10
     c.eval.workers = 2
     c.eval.seed = 12345
+    c.eval.offline = True  # evaluate after the offline stage too (the benchmark skips it where Table I does)
 
     c.checkpoint_every = 5_000
     c.keep_checkpoints = 3

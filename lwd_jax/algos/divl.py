@@ -231,6 +231,19 @@ def bootstrap_value(value_apply: ValueApply, value_params: Params, obs: Obs, cfg
     return v, {"v_next_mean": jnp.mean(v), "tau_next_mean": jnp.mean(tau), "tau_next_min": jnp.min(tau)}
 
 
+def mean_value(value_apply: ValueApply, value_params: Params, obs: Obs, cfg: DIVLConfig) -> jax.Array:
+    """E[V(s)] [B] over the value distribution (or the scalar V): the baseline of an advantage Q̄ - V.
+
+    Why the mean and not V_tau: AWR and RECAP label a data action better or worse than the data's
+    *average* action at s, while V_tau is the optimistic level the TD target bootstraps from.
+    """
+    out = jax.lax.stop_gradient(value_apply(value_params, obs))
+    if cfg.value_type == "expectile":
+        return out
+    support = atom_support(cfg.v_min, cfg.v_max, cfg.num_atoms)
+    return jnp.sum(jax.nn.softmax(out, axis=-1) * support, axis=-1)
+
+
 # ---------------------------------------------------------------------------------------- critic learning
 
 
