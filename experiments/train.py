@@ -17,6 +17,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app
@@ -37,6 +38,9 @@ from lwd_jax.policy import encode_policy
 from lwd_jax.sim.tasks import get_task, task_names
 
 STAGES = ("offline", "online", "all")
+PRETRAIN_DATA = ("all", "demos")
+_OFFLINE_CACHE: dict[tuple, tuple] = {}  # (settings) -> (instruction table, offline buffer, pretrain buffer)
+ONLINE_LEARNERS = ("rl", "hg_dagger")
 
 
 # ============================================================================================= config
@@ -63,6 +67,12 @@ def check_config(cfg: ml_collections.ConfigDict) -> list[str]:
         raise ValueError(f"config.data.gamma: expected in (0, 1], got {cfg.data.gamma}")
     if cfg.agent.action_dim != 5:
         raise ValueError(f"config.agent.action_dim: the manipspace suite has 5-d actions, got {cfg.agent.action_dim}")
+    if cfg.data.pretrain_data not in PRETRAIN_DATA:
+        raise ValueError(f"config.data.pretrain_data: expected one of {PRETRAIN_DATA}, got {cfg.data.pretrain_data!r}")
+    if cfg.online_learner not in ONLINE_LEARNERS:
+        raise ValueError(f"config.online_learner: expected one of {ONLINE_LEARNERS}, got {cfg.online_learner!r}")
+    if cfg.init_from and not os.path.isdir(os.path.join(cfg.init_from, "checkpoints")):
+        raise ValueError(f"config.init_from: no checkpoints/ in {cfg.init_from!r}")
     known = task_names()
     tasks = known if cfg.tasks == "all" else [t.strip() for t in cfg.tasks.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in known]
@@ -73,8 +83,14 @@ def check_config(cfg: ml_collections.ConfigDict) -> list[str]:
 
 
 # =============================================================================================== data
-def load_offline(cfg: ml_collections.ConfigDict, tasks: list[str], task_ids: dict[str, int], table: batching.InstructionTable) -> TransitionBuffer:
-    """RLDS offline dataset -> an in-memory buffer of chunked n-step transitions for `tasks`."""
+def load_offline(
+    cfg: ml_collections.ConfigDict, tasks: list[str], task_ids: dict[str, int], table: batching.InstructionTable
+) -> tuple[TransitionBuffer, TransitionBuffer]:
+    """RLDS offline dataset -> (buffer of chunked n-step transitions for `tasks`, the BC-pretrain buffer).
+
+    The second is the same buffer unless `data.pretrain_data = "demos"`: then it holds the transitions of
+    the episodes whose `episode_metadata/source` is "demo" (SFT clones demonstrations only).
+    """
     n_chunks = {
         t: cfg.data.n_chunks_offline_long if get_task(t).is_long else cfg.data.n_chunks_offline_short for t in task_ids
     }
@@ -86,9 +102,21 @@ def load_offline(cfg: ml_collections.ConfigDict, tasks: list[str], task_ids: dic
         raise ValueError(f"config.data.offline_dir: no transitions in {cfg.data.offline_dir}")
     keep = np.isin(cols["task_id"], [task_ids[t] for t in tasks])
     cols = {k: v[keep] for k, v in cols.items()}
-    buf = TransitionBuffer(capacity=max(1, int(keep.sum())))
-    buf.add(batching.buffer_columns(cols, table))
-    return buf
+
+    def buffer(rows: np.ndarray) -> TransitionBuffer:
+        buf = TransitionBuffer(capacity=max(1, int(rows.sum())))
+        buf.add(batching.buffer_columns({k: v[rows] for k, v in cols.items()}, table))
+        return buf
+
+    everything = buffer(np.ones(len(cols["task_id"]), bool))
+    if cfg.data.pretrain_data == "all":
+        return everything, everything
+    demos = [i for i, src in reader.episode_sources().items() if src == "demo"]
+    rows = np.isin(cols["episode_index"], demos)
+    missing = sorted(set(tasks) - {t for t in tasks if np.any(rows & (cols["task_id"] == task_ids[t]))})
+    if missing:
+        raise ValueError(f"config.data.pretrain_data='demos': {cfg.data.offline_dir} has no demo episodes of {missing}")
+    return everything, buffer(rows)
 
 
 def sample_batches(cfg, buf: TransitionBuffer, online: TransitionBuffer | None, step: int, stats, table) -> dict:
@@ -111,11 +139,20 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
     from lwd_jax.nets.language import get_default_encoder
 
     encoder = get_default_encoder()
-    table = batching.InstructionTable(encoder.encode, encoder.embed_dim)
     t0 = time.time()
-    offline = load_offline(cfg, tasks, task_ids, table)
+    # One process running several experiments (experiments/benchmark.py) reads the dataset once per setting.
+    key = (cfg.data.offline_dir, tuple(tasks), cfg.data.n_chunks_offline_long, cfg.data.n_chunks_offline_short,
+           cfg.data.gamma, cfg.data.stride, cfg.agent.action_horizon, cfg.data.pretrain_data)
+    if key not in _OFFLINE_CACHE:
+        table = batching.InstructionTable(encoder.encode, encoder.embed_dim)
+        _OFFLINE_CACHE.clear()  # keep at most one dataset in memory
+        _OFFLINE_CACHE[key] = (table, *load_offline(cfg, tasks, task_ids, table))
+    table, offline, pretrain_buf = _OFFLINE_CACHE[key]
     stats = batching.stats_from_buffer(offline)
-    print(f"offline buffer: {len(offline)} transitions, {len(table)} instructions, {time.time() - t0:.1f}s", flush=True)
+    with open(os.path.join(cfg.workdir, "norm_stats.json"), "w") as f:  # what `make eval` rebuilds a policy with
+        f.write(stats.to_json())
+    print(f"offline buffer: {len(offline)} transitions ({len(pretrain_buf)} for BC pretrain), {len(table)} instructions, "
+          f"{time.time() - t0:.1f}s", flush=True)
 
     # ---- mesh and agent
     mesh = shd.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
@@ -128,6 +165,9 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
     if cfg.resume and ckpt.latest_step() is not None:
         state, meta, step = ckpt.restore(agent.abstract_state(example))
         print(f"resumed from step {step} ({meta.get('phase')})", flush=True)
+    elif cfg.init_from:
+        state = init_from_pretrained(cfg.init_from, agent, state, example, cfg.pretrain_steps)
+        print(f"BC flow from {cfg.init_from} (step {int(state.step)})", flush=True)
     logger = MetricsLogger(os.path.join(cfg.workdir, "logs"), console_every=1)
 
     # ---- stages: [0, p_end) BC pretrain, [p_end, o_end) offline RL, [o_end, total) online with the fleet
@@ -147,7 +187,7 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
         evals.get("BC pretrain", state, "base", p_end)
     while step < o_end:
         phase = "pretrain" if step < p_end else "offline"
-        batches = sample_batches(cfg, offline, None, step, stats, table)
+        batches = sample_batches(cfg, pretrain_buf if phase == "pretrain" else offline, None, step, stats, table)
         if phase == "pretrain":
             state, metrics = agent.pretrain_update(state, batches)
         else:
@@ -163,14 +203,17 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
             evals.get("BC pretrain", state, "base", step, logger)
         if phase == "offline" and step % cfg.eval.every < u and step < o_end:
             evals.log_only(state, step, logger)
-    results = {"BC pretrain": evals.get("BC pretrain", state, "base", p_end),
-               "offline LWD": evals.get("offline LWD", state, "policy", o_end, logger)}
+    results = {"BC pretrain": evals.get("BC pretrain", state, "base", p_end)}
+    if cfg.offline_steps and cfg.eval.offline:
+        results["offline LWD"] = evals.get("offline LWD", state, "policy", o_end, logger)
     report = None
     if total > o_end:
         from lwd_jax.learner.online import run_online
 
-        state, report = run_online(cfg, agent, state, offline, stats, table, tasks, task_ids, logger, ckpt, total, bar)
-        results["online LWD"] = evals.get("online LWD", state, "policy", total, logger)
+        hg = cfg.online_learner == "hg_dagger"  # BC on demos + human chunks; the fleet runs the BC flow
+        state, report = run_online(cfg, agent, state, pretrain_buf if hg else offline, stats, table, tasks, task_ids,
+                                   logger, ckpt, total, bar)
+        results["online LWD"] = evals.get("online LWD", state, "base" if hg else "policy", total, logger)
     bar.close()
     ckpt.wait()
 
@@ -184,7 +227,8 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
         plots.success_vs_fleet_episodes(
             report.fleet_episodes, os.path.join(cfg.workdir, "success_vs_fleet_episodes.png"),
             autonomous=set(report.autonomous_robots), window=3 * len(tasks),
-            evals={"offline LWD": (0, results["offline LWD"]), "online LWD": (len(report.fleet_episodes), results["online LWD"])},
+            evals={**({"offline LWD": (0, results["offline LWD"])} if "offline LWD" in results else {}),
+                   "online LWD": (len(report.fleet_episodes), results["online LWD"])},
             title=f"{cfg.workdir}: fleet success (robots without a human attendant)",
         )
     with open(os.path.join(cfg.workdir, "results.json"), "w") as f:
@@ -195,6 +239,34 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
     logger.close()
     ckpt.close()
     return results
+
+
+def init_from_pretrained(src_workdir: str, agent: LWDAgent, state, example: dict, pretrain_steps: int):
+    """`state` with the BC flow (base, its frozen reference, the policy copied from it, the base's optimizer)
+    and the step counter of `src_workdir`'s latest checkpoint, which must be a finished BC pretrain.
+
+    Why only the BC flow: critics and value heads differ between methods (scalar vs distributional), but
+    every method starts from the same pretrained policy, exactly as every method in the paper starts from SFT.
+    """
+    src = Checkpointer(os.path.join(src_workdir, "checkpoints"))
+    step = src.latest_step()
+    if step is None:
+        raise ValueError(f"config.init_from: no checkpoint in {src_workdir}/checkpoints")
+    src_cfg = ml_collections.ConfigDict(json.loads(src.meta(step)["config"]))
+    src_agent = LWDAgent(src_cfg.agent, agent.mesh)
+    src_state, meta, step = src.restore(src_agent.abstract_state(example), step)
+    src.close()
+    if meta.get("phase") != "pretrain" or step != pretrain_steps:
+        raise ValueError(f"config.init_from: {src_workdir} is at step {step} ({meta.get('phase')}); expected the end of "
+                         f"BC pretraining at step {pretrain_steps}")
+    take = ("base", "base_ref", "actor")
+    for k in take:
+        want, got = jax.tree.map(jnp.shape, state.params[k]), jax.tree.map(jnp.shape, src_state.params[k])
+        if want != got:
+            raise ValueError(f"config.init_from: params['{k}'] of {src_workdir} have other shapes than this config's nets")
+    params = dict(state.params, **{k: src_state.params[k] for k in take})
+    opt_state = dict(state.opt_state, base=src_state.opt_state["base"])
+    return state.replace(step=src_state.step, params=params, opt_state=opt_state)
 
 
 def online_summary(cfg: ml_collections.ConfigDict, report) -> str:

@@ -147,6 +147,22 @@ class RLDSReader:
                 continue
             yield ep
 
+    def episode_sources(self) -> dict[int, str]:
+        """Global episode index -> `episode_metadata/source` ("demo", "rollout", ...), for every good episode.
+
+        Why by index: transition columns carry `episode_index`, so a caller selects, e.g., the demos' transitions
+        without decoding their steps twice.
+        """
+        import tensorflow as tf
+
+        dataset = self.episode_dataset(ordered=True).map(
+            lambda e: {"episode_index": e["episode_index"], "source": e["source"]}, num_parallel_calls=tf.data.AUTOTUNE
+        )
+        out = {}
+        for a in self._guarded(dataset.as_numpy_iterator(), lambda a: a["episode_index"], _Lookups(None, None)):
+            out[int(a["episode_index"])] = a["source"].decode("utf-8")
+        return out
+
     def episode_dataset(
         self,
         *,

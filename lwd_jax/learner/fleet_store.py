@@ -43,6 +43,22 @@ class FleetEpisode:
     accepted_at: float  # learner wall clock (time.time()) at acceptance; replayed episodes carry the rebuild time
 
 
+KEEP_MODES = ("all", "human")  # which transitions of an accepted episode enter the online buffer
+
+
+def human_chunk_mask(intervention: np.ndarray, chunk_len: int) -> np.ndarray:
+    """[T] bool: True at start step t when every action of the chunk t .. t+H-1 (within the episode) was human.
+
+    Why whole chunks: HG-DAgger learns the expert's labels only; a chunk that starts autonomously and ends in
+    a takeover holds the robot's own (corrected) actions, which BC must not imitate.
+    """
+    human = np.asarray(intervention, bool)
+    t = len(human)
+    robot = np.concatenate([[0], np.cumsum(~human)])  # robot[i] = robot-driven steps before i
+    ends = np.minimum(np.arange(t) + chunk_len, t)
+    return (robot[ends] - robot[:t]) == 0
+
+
 class FleetStore:
     """The learner's fleet data: `persist` and `on_accept` for the servicer, `sample` for the training loop."""
 
@@ -57,12 +73,16 @@ class FleetStore:
         table: InstructionTable,
         capacity: int,
         durable: bool = True,
+        keep: str = "all",
     ):
         from lwd_jax.data.rlds_writer import RLDSWriter
 
         self.rlds_dir = rlds_dir
         self._cut = dict(chunk_len=chunk_len, n_chunks=n_chunks, gamma=gamma, task_ids=dict(task_ids))
         self._table = table
+        if keep not in KEEP_MODES:
+            raise ValueError(f"FleetStore.keep: expected one of {KEEP_MODES}, got {keep!r}")
+        self.keep = keep
         self.writer = RLDSWriter(rlds_dir, durable=durable, known_tasks=dict(task_ids))
         self.buffer = TransitionBuffer(capacity)
         self.episodes: list[FleetEpisode] = []
@@ -77,8 +97,12 @@ class FleetStore:
     def on_accept(self, ep: Episode) -> None:
         """Episode -> transitions -> online buffer, and one line in the fleet log."""
         cols = buffer_columns(chunk_transitions(ep, **self._cut), self._table)
+        if self.keep == "human":  # HG-DAgger aggregates only what the human did
+            rows = human_chunk_mask(ep.intervention, self._cut["chunk_len"])
+            cols = {k: v[rows] for k, v in cols.items()}
         with self._lock:
-            self.buffer.add(cols)
+            if len(cols["action"]):
+                self.buffer.add(cols)
             self.episodes.append(
                 FleetEpisode(
                     order=len(self.episodes), episode_id=ep.episode_id, robot_id=ep.robot_id, task=ep.task,

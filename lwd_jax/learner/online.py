@@ -77,8 +77,12 @@ def run_online(
     # Every registered wording, in one batch, so the servicer's thread never has to embed one.
     table.ids([w for t in tasks for w in get_task(t).instructions])
     n_online = {t: cfg.data.n_chunks_online for t in task_ids}
+    # HG-DAgger: the fleet runs the BC flow, the learner keeps only human-driven chunks and retrains by BC.
+    hg_dagger = cfg.online_learner == "hg_dagger"
+    kind = "base" if hg_dagger else "policy"
     store = FleetStore(os.path.join(root, "rlds"), chunk_len=cfg.agent.action_horizon, n_chunks=n_online,
-                       gamma=cfg.data.gamma, task_ids=task_ids, table=table, capacity=cfg.data.online_capacity)
+                       gamma=cfg.data.gamma, task_ids=task_ids, table=table, capacity=cfg.data.online_capacity,
+                       keep="human" if hg_dagger else "all")
     seen = store.rebuild()
     if seen:
         print(f"online: rebuilt the fleet buffer from disk: {len(seen)} episodes, {store.num_transitions()} transitions", flush=True)
@@ -98,8 +102,8 @@ def run_online(
 
     def publish(st: Any) -> None:
         version = int(st.step)
-        params = jax.device_get(policy_params(st, "policy"))
-        policies.publish(version, encode_policy(cfg.agent, params, stats, version=version, kind="policy"))
+        params = jax.device_get(policy_params(st, kind))
+        policies.publish(version, encode_policy(cfg.agent, params, stats, version=version, kind=kind))
         versions.append(version)
 
     step = int(state.step)
@@ -113,11 +117,19 @@ def run_online(
               f"budget {oc.fleet_episodes or 'unbounded'} fleet episodes, {total_steps - step} learner updates", flush=True)
         _wait_for_warmup(store, fleet, oc.warmup_episodes, oc.warmup_timeout_s)
         u = cfg.updates_per_call
+        start = step
         while step < total_steps:
+            # Same budget for every method: learner updates keep pace with fleet episodes (a fast learner
+            # does not finish its updates on a fraction of the fleet's data; a slow one leaves the fleet idle).
+            want = _paced_episodes(oc.fleet_episodes, step + u - start, total_steps - start)
+            _wait_for_episodes(store, fleet, want, oc.warmup_timeout_s)
             rng = np.random.default_rng([cfg.seed, step, 1])
             cols = store.sample(rng, offline, cfg.batch_size * u, cfg.data.online_fraction, cfg.data.task_balanced)
             batches = batching.stack(batching.agent_batch(cols, stats, table), u)
-            state, metrics = agent.update(state, batches, stage="online")
+            if hg_dagger:
+                state, metrics = agent.pretrain_update(state, batches)
+            else:
+                state, metrics = agent.update(state, batches, stage="online")
             step += u
             if progress is not None:
                 progress.update(u)
@@ -149,6 +161,28 @@ def run_online(
     print(f"online: {len(report.fleet_episodes)} fleet episodes accepted, {len(versions)} versions published, "
           f"{report.seconds / 60:.1f} min; still spooled on robots: {report.spooled_left}", flush=True)
     return state, report
+
+
+def _paced_episodes(fleet_episodes: int, updates_after: int, updates_total: int) -> int:
+    """Fleet episodes that must have landed before the learner's update number `updates_after` (of the total):
+    the same fraction of the episode budget as of the update budget, so the last update sees every episode."""
+    if fleet_episodes <= 0 or updates_total <= 0:
+        return 0
+    return -(-fleet_episodes * updates_after // updates_total)  # ceil
+
+
+def _wait_for_episodes(store: FleetStore, fleet: LocalFleet, episodes: int, timeout_s: float) -> None:
+    """Blocks until `episodes` fleet episodes are stored, every robot has exited, or `timeout_s` passes
+    without a new episode (a stalled fleet must not hang the learner: it then trains on what it has)."""
+    last, t_last = len(store), time.monotonic()
+    while (n := len(store)) < episodes:
+        _check_fleet(fleet)
+        if n != last:
+            last, t_last = n, time.monotonic()
+        if fleet.all_exited() or time.monotonic() - t_last > timeout_s:
+            print(f"online: pacing gave up waiting at {n} fleet episodes (wanted {episodes})", flush=True)
+            return
+        time.sleep(0.1)
 
 
 def _wait_for_warmup(store: FleetStore, fleet: LocalFleet, episodes: int, timeout_s: float) -> None:
