@@ -1,0 +1,331 @@
+"""The method comparison: SFT, HG-DAgger, RECAP, HIL-SERL/RLPD, LWD offline/online and LWD's ablations,
+over several seeds, on one shared SFT checkpoint per seed; tables in the shape of the LWD paper's Table I.
+
+    make benchmark                                                   # CPU: experiments/configs/benchmark.py
+    python -m experiments.benchmark --config=experiments/configs/benchmark.py --config.methods=LWD,RECAP
+
+Reads top to bottom: for each seed, BC pretraining on the demonstrations (the SFT row; its checkpoint is
+every method's start), then each method as a run of experiments/train.py with the method's overrides; then
+`aggregate` pools the per-run evaluations (JSON on disk, so a rerun skips what is done) into
+results/benchmark/{benchmark.json, benchmark.md, <method>.png}.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from experiments.configs import benchmark as bench_cfg
+from lwd_jax.learner.evaluation import wilson_interval
+
+SFT = "SFT"
+# Table I rows: (row name, method run, which evaluation of that run)
+TABLE_ROWS = (
+    (SFT, SFT, "BC pretrain"),
+    ("HG-DAgger", "HG-DAgger", "online LWD"),
+    ("RECAP", "RECAP", "online LWD"),
+    ("HIL-SERL/RLPD", "HIL-SERL/RLPD", "online LWD"),
+    ("LWD offline", "LWD", "offline LWD"),
+    ("LWD online", "LWD", "online LWD"),
+)
+ABLATION_ROWS = (("LWD offline", "LWD", "offline LWD"),) + tuple(
+    (m, m, "offline LWD") for m in bench_cfg.METHODS if bench_cfg.METHODS[m].get("stage") == "offline"
+)
+ONLINE_METHODS = ("HG-DAgger", "RECAP", "HIL-SERL/RLPD", "LWD")
+
+
+def slug(name: str) -> str:
+    """A directory-safe name for a method ("HIL-SERL/RLPD" -> "hil-serl_rlpd")."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name.lower()).replace("__", "_").strip("_")
+
+
+def parse_extra(extra: str) -> dict[str, Any]:
+    """"a.b=3;c=x,y" -> {"a.b": 3, "c": "x,y"} (values parsed as JSON when they are JSON, else kept as text)."""
+    out: dict[str, Any] = {}
+    for item in filter(None, (x.strip() for x in extra.split(";"))):
+        if "=" not in item:
+            raise ValueError(f"config.extra: expected key=value items, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+def run_config(bcfg: ml_collections.ConfigDict, seed: int, method: str) -> ml_collections.ConfigDict:
+    """The experiments/configs/multitask.py config of one (seed, method) run."""
+    from experiments.configs.multitask import get_config
+
+    cfg = get_config()
+    flat = dict(bench_cfg.overrides(bcfg.variant))
+    if method == SFT:
+        flat.update({"stage": "offline", "offline_steps": 0, "online_steps": 0})
+    else:
+        flat.update(bench_cfg.METHODS[method])
+        flat["init_from"] = workdir(bcfg, seed, SFT)
+    flat.update(parse_extra(bcfg.extra))
+    flat.update({"seed": int(seed), "workdir": workdir(bcfg, seed, method), "data.offline_dir": bcfg.offline_dir})
+    for key, value in flat.items():
+        parent = cfg
+        *path, leaf = key.split(".")
+        for p in path:
+            parent = parent[p]
+        if leaf not in parent:
+            raise ValueError(f"benchmark override {key!r}: no such field in experiments/configs/multitask.py")
+        parent[leaf] = tuple(value) if isinstance(value, list) else value
+    return cfg
+
+
+def workdir(bcfg: ml_collections.ConfigDict, seed: int, method: str) -> str:
+    return os.path.join(bcfg.root, f"seed{seed}", slug(method))
+
+
+def run_benchmark(bcfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Every (seed, method) run that has no results yet, then the aggregate tables and plots."""
+    from experiments.train import run
+
+    methods = [m.strip() for m in bcfg.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in bench_cfg.METHODS]
+    if unknown:
+        raise ValueError(f"config.methods: unknown {unknown}; known: {list(bench_cfg.METHODS)}")
+    t_start = time.time()
+    for seed in bcfg.seeds:
+        for method in [SFT, *methods]:
+            cfg = run_config(bcfg, seed, method)
+            done = os.path.join(cfg.workdir, "results.json")
+            if os.path.exists(done):
+                continue
+            if method != SFT:  # the shared SFT evaluation: every run would otherwise repeat it
+                os.makedirs(os.path.join(cfg.workdir, "evals"), exist_ok=True)
+                src = os.path.join(workdir(bcfg, seed, SFT), "evals", "BC_pretrain.json")
+                shutil.copy(src, os.path.join(cfg.workdir, "evals", "BC_pretrain.json"))
+            print(f"\n=== benchmark: seed {seed}, {method} -> {cfg.workdir}", flush=True)
+            t0 = time.time()
+            run(cfg)
+            with open(os.path.join(cfg.workdir, "timing.json"), "w") as f:
+                json.dump({"seconds": time.time() - t0}, f)
+    print(f"benchmark: runs took {(time.time() - t_start) / 60:.1f} min", flush=True)
+    return aggregate(bcfg, methods)
+
+
+# ================================================================================================ aggregation
+def _load(bcfg, seed: int, method: str) -> dict[str, Any] | None:
+    path = os.path.join(workdir(bcfg, seed, method), "results.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def pool(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Per-task summaries of several seeds -> one per task: success pooled over every episode (Wilson
+    interval on the pooled count), step-wise score and cycle time averaged over seeds' episodes."""
+    out = {}
+    for task in per_seed[0]:
+        ss = [s[task] for s in per_seed if task in s]
+        n = sum(int(s["episodes"]) for s in ss)
+        wins = sum(round(s["success_rate"] * s["episodes"]) for s in ss)
+        lo, hi = wilson_interval(wins, n)
+        ct = [(s["cycle_time_success"], round(s["success_rate"] * s["episodes"])) for s in ss if s["success_rate"] > 0]
+        out[task] = {
+            "episodes": n,
+            "success_rate": wins / n,
+            "success_lo": lo,
+            "success_hi": hi,
+            "stepwise_score": float(np.average([s["stepwise_score"] for s in ss], weights=[s["episodes"] for s in ss])),
+            "cycle_time_success": float(sum(c * w for c, w in ct) / sum(w for _, w in ct)) if ct else float("nan"),
+            "cycle_time_all": float(np.average([s["cycle_time_all"] for s in ss], weights=[s["episodes"] for s in ss])),
+        }
+    return out
+
+
+def group_means(per_seed: list[dict[str, dict[str, float]]], tasks: list[str]) -> dict[str, float]:
+    """Mean over `tasks` of success / score / cycle time, per seed, then mean and std over seeds."""
+    out = {}
+    for key in ("success_rate", "stepwise_score", "cycle_time_all"):
+        if not tasks:  # e.g. a task list without long tasks
+            out[key], out[key + "_seed_std"] = float("nan"), float("nan")
+            continue
+        vals = [float(np.mean([s[t][key] for t in tasks])) for s in per_seed]
+        out[key] = float(np.mean(vals))
+        out[key + "_seed_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+    return out
+
+
+def aggregate(bcfg: ml_collections.ConfigDict, methods: list[str]) -> dict[str, Any]:
+    """Reads every finished run and writes benchmark.json, benchmark.md and one PNG per method."""
+    from lwd_jax.sim.tasks import get_task
+
+    tasks = [t for t in bench_cfg.overrides(bcfg.variant)["tasks"].split(",")]
+    extra_tasks = parse_extra(bcfg.extra).get("tasks")
+    if extra_tasks:
+        tasks = extra_tasks.split(",")
+    long_tasks = [t for t in tasks if get_task(t).is_long]
+    short_tasks = [t for t in tasks if t not in long_tasks]
+    rows: dict[str, Any] = {}
+    for row, method, evaluation in TABLE_ROWS + ABLATION_ROWS:
+        if row in rows or (method != SFT and method not in methods):
+            continue
+        per_seed, seeds = [], []
+        for seed in bcfg.seeds:
+            res = _load(bcfg, seed, method)
+            if res and res.get(evaluation):
+                per_seed.append(res[evaluation])
+                seeds.append(int(seed))
+        if not per_seed:
+            continue
+        rows[row] = {
+            "method": method, "evaluation": evaluation, "seeds": seeds, "per_task": pool(per_seed),
+            "average": group_means(per_seed, tasks), "average_short": group_means(per_seed, short_tasks),
+            "average_long": group_means(per_seed, long_tasks), "per_seed": per_seed,
+        }
+    seconds = {}
+    for method in [SFT, *methods]:
+        ts = []
+        for seed in bcfg.seeds:
+            path = os.path.join(workdir(bcfg, seed, method), "timing.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    ts.append(json.load(f)["seconds"])
+        if ts:
+            seconds[method] = {"runs": len(ts), "mean_s": float(np.mean(ts)), "total_s": float(np.sum(ts))}
+    out = {"tasks": tasks, "long_tasks": long_tasks, "seeds": list(bcfg.seeds), "rows": rows, "seconds": seconds,
+           "overrides": {**bench_cfg.overrides(bcfg.variant), **parse_extra(bcfg.extra)},
+           "methods": {m: bench_cfg.METHODS[m] for m in methods}}
+    os.makedirs(bcfg.results_dir, exist_ok=True)
+    with open(os.path.join(bcfg.results_dir, "benchmark.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    md = markdown(out)
+    with open(os.path.join(bcfg.results_dir, "benchmark.md"), "w") as f:
+        f.write(md + "\n")
+    for method in ONLINE_METHODS:
+        if method in methods:
+            plot_method(bcfg, method, rows, tasks)
+    print(md, flush=True)
+    return out
+
+
+def _fmt(x: float, nd: int = 2) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
+
+
+def markdown(out: dict[str, Any]) -> str:
+    """Table I shape (methods x tasks + averages) for success, step-wise score and long-task cycle time,
+    then the ablations, then the wall-clock cost per method."""
+    tasks, long_tasks, rows = out["tasks"], set(out["long_tasks"]), out["rows"]
+    short = "".join("S" if t not in long_tasks else "L" for t in tasks)
+    lines = [f"Seeds {out['seeds']}; tasks (S short, L long): " + ", ".join(f"{t} ({k})" for t, k in zip(tasks, short, strict=True)), ""]
+
+    def table(title: str, names: list[str], key: str, nd: int, interval: bool) -> None:
+        lines.append(f"**{title}**")
+        lines.append("")
+        lines.append("| method | " + " | ".join(tasks) + " | average | avg short | avg long |")
+        lines.append("|---" * (len(tasks) + 4) + "|")
+        for name in names:
+            r = rows[name]
+            cells = []
+            for t in tasks:
+                s = r["per_task"].get(t)
+                if s is None:
+                    cells.append("–")
+                elif interval:
+                    cells.append(f"{_fmt(s[key], nd)} [{_fmt(s['success_lo'], nd)}, {_fmt(s['success_hi'], nd)}]")
+                else:
+                    cells.append(_fmt(s[key], nd))
+            avgs = [f"{_fmt(r[g][key], nd)} ± {_fmt(r[g][key + '_seed_std'], nd)}" for g in ("average", "average_short", "average_long")]
+            lines.append(f"| {name} | " + " | ".join(cells + avgs) + " |")
+        lines.append("")
+
+    main = [n for n, _, _ in TABLE_ROWS if n in rows]
+    table("Success rate (pooled over seeds; per task: 95% Wilson interval; averages: mean ± std over seeds)", main,
+          "success_rate", 2, True)
+    table("Step-wise score (fraction of sub-goals reached)", main, "stepwise_score", 2, False)
+    table("Cycle time in control steps (failures counted at the step budget)", main, "cycle_time_all", 0, False)
+    abl = [n for n, _, _ in ABLATION_ROWS if n in rows]
+    if len(abl) > 1:
+        table("Ablations of LWD's offline stage: success rate", abl, "success_rate", 2, True)
+        table("Ablations: step-wise score", abl, "stepwise_score", 2, False)
+    if out["seconds"]:
+        lines.append("| run | runs | mean wall time per run (s) |")
+        lines.append("|---|---|---|")
+        for m, s in out["seconds"].items():
+            lines.append(f"| {m} | {s['runs']} | {s['mean_s']:.0f} |")
+        total = sum(s["total_s"] for s in out["seconds"].values())
+        lines.append(f"\nTotal wall time of the runs: {total / 60:.1f} min.")
+    return "\n".join(lines)
+
+
+def plot_method(bcfg: ml_collections.ConfigDict, method: str, rows: dict[str, Any], tasks: list[str]) -> None:
+    """Success rate vs fleet episodes of one method: each seed's trailing fleet success (robots without a
+    human attendant) and the simulator evaluations before and after the fleet stage, pooled over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lwd_jax.learner.local_fleet import plan_fleet
+    from lwd_jax.learner.plots import trailing_mean
+
+    fig, ax = plt.subplots(figsize=(6.5, 4), dpi=120)
+    n_last = 0
+    for k, seed in enumerate(bcfg.seeds):
+        path = os.path.join(workdir(bcfg, seed, method), "fleet_episodes.jsonl")
+        if not os.path.exists(path):
+            continue
+        cfg = run_config(bcfg, seed, method)
+        specs = plan_fleet(cfg.online.num_robots, tasks, cfg.online.fleet_episodes, cfg.online.teleop_robots, cfg.seed)
+        auto = {s.robot_id for s in specs if not s.teleop}
+        with open(path) as f:
+            eps = [json.loads(line) for line in f]
+        n_last = max(n_last, len(eps))
+        xs = [i + 1 for i, e in enumerate(eps) if e["robot_id"] in auto]
+        ys = [float(e["success"]) for e in eps if e["robot_id"] in auto]
+        if xs:
+            ax.plot(xs, trailing_mean(ys, len(tasks)), color=f"C{k}", alpha=0.7, label=f"seed {seed}: fleet success (trailing {len(tasks)})")
+    start_row = "LWD offline" if method == "LWD" else SFT
+    end_row = "LWD online" if method == "LWD" else method
+    for x, row, color in ((0, start_row, "k"), (n_last, end_row, "C3")):
+        if row in rows:
+            s = rows[row]["average"]
+            ax.errorbar([x], [s["success_rate"]], yerr=[[s["success_rate_seed_std"]], [s["success_rate_seed_std"]]],
+                        fmt="o", capsize=4, color=color, label=f"eval {row}: {s['success_rate']:.2f} (± seed std)")
+    ax.set_xlabel("fleet episodes")
+    ax.set_ylabel("success rate")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title(f"{method}: success vs fleet episodes ({len(bcfg.seeds)} seeds)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.path.join(bcfg.results_dir, f"{slug(method)}.png"))
+    plt.close(fig)
+
+
+def main() -> None:
+    from absl import app
+    from absl import logging as absl_logging
+    from ml_collections import config_flags
+
+    config = config_flags.DEFINE_config_file("config", "experiments/configs/benchmark.py", "benchmark config")
+
+    def main_(_argv: list[str]) -> None:
+        import jax
+
+        absl_logging.set_verbosity(absl_logging.WARNING)
+        if config.value.compilation_cache:
+            jax.config.update("jax_compilation_cache_dir", config.value.compilation_cache)
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+        run_benchmark(config.value)
+
+    app.run(main_)
+
+
+if __name__ == "__main__":
+    main()

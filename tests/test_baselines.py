@@ -1,0 +1,225 @@
+"""The baselines' losses on toys whose answer is known, HG-DAgger's data selection, the demos-only SFT
+buffer, the shared-SFT start (`init_from`), and the benchmark driver end to end on tiny nets."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lwd_jax.algos import bc, extraction
+from lwd_jax.algos.extraction import ExtractionConfig
+from lwd_jax.nets.flow import VelocityField
+
+GOOD, BAD = 0.5, -0.5  # the two action modes of the toys (1-step chunks of 1-d actions)
+L = 8  # toy "language embedding" size: the RECAP indicator is added to it
+
+
+def _net():
+    return VelocityField(1, 1, hidden_dims=(64, 64), time_embed_dim=8)
+
+
+def _apply(net):
+    return lambda p, obs, x, t: net.apply(p, obs["lang"], x, t)
+
+
+def fit(loss_fn, params, steps: int, lr: float = 3e-3, seed: int = 0):
+    """Adam on `loss_fn(params, rng) -> (loss, info)`, jitted; returns the trained params."""
+    tx = optax.adam(lr)
+    opt = tx.init(params)
+
+    @jax.jit
+    def step(params, opt, rng):
+        (_, _), g = jax.value_and_grad(loss_fn, has_aux=True)(params, rng)
+        upd, opt = tx.update(g, opt, params)
+        return optax.apply_updates(params, upd), opt
+
+    rng = jax.random.PRNGKey(seed)
+    for _ in range(steps):
+        rng, k = jax.random.split(rng)
+        params, opt = step(params, opt, k)
+    return params
+
+
+def two_mode_data(rng, n: int):
+    """Half the data at GOOD (advantage +0.1), half at BAD (advantage -0.1), the same observation."""
+    good = jax.random.bernoulli(rng, 0.5, (n,))
+    actions = jnp.where(good, GOOD, BAD)[:, None, None] + 0.02 * jax.random.normal(rng, (n, 1, 1))
+    adv = jnp.where(good, 0.1, -0.1)
+    return {"lang": jnp.zeros((n, L))}, actions, adv
+
+
+def _sample(net, params, obs, n, seed=3, cond: float | None = None, flow_steps: int = 10):
+    if cond is not None:
+        obs = extraction.condition_obs(obs, jnp.full((n,), cond), 1.0)
+    v = lambda o, x, t: _apply(net)(params, o, x, t)  # noqa: E731
+    return bc.sample_actions(v, obs, jax.random.PRNGKey(seed), n, (1, 1), bc.FlowConfig(flow_steps=flow_steps))[:, 0, 0]
+
+
+def _init(net, n=4):
+    return net.init(jax.random.PRNGKey(0), jnp.zeros((n, L)), jnp.zeros((n, 1, 1)), jnp.zeros((n,)))
+
+
+def test_recap_conditioned_policy_picks_the_better_mode():
+    net, cfg = _net(), ExtractionConfig()
+    valid = jnp.ones((256, 1), bool)
+
+    def loss(p, rng):
+        d, r = jax.random.split(rng)
+        obs, actions, adv = two_mode_data(d, 256)
+        return extraction.recap_loss(_apply(net), p, obs, actions, adv, r, valid, cfg)
+
+    params = fit(loss, _init(net), 1500)
+    obs = {"lang": jnp.zeros((400, L))}
+    pos, neg, free = (_sample(net, params, obs, 400, cond=c) for c in (1.0, -1.0, 0.0))
+    assert float(jnp.mean(pos > 0)) > 0.9  # "advantage positive" -> the better mode
+    assert float(jnp.mean(neg < 0)) > 0.9  # "negative" -> the worse one
+    assert 0.2 < float(jnp.mean(free > 0)) < 0.8  # unconditioned (dropped indicator): both modes
+
+
+def test_recap_indicator_labels_and_drops():
+    adv = jnp.array([0.3, -0.2, 0.0, 1.0] * 500)
+    cond = extraction.recap_indicator(adv, jax.random.PRNGKey(0), ExtractionConfig(recap_drop_prob=0.3))
+    kept = cond != 0
+    assert abs(float(jnp.mean(~kept)) - 0.3) < 0.05
+    np.testing.assert_array_equal(np.asarray(cond[kept]), np.where(np.asarray(adv[kept]) > 0, 1.0, -1.0))
+
+
+def test_awr_flow_tilts_towards_the_better_mode():
+    net = _net()
+    cfg = ExtractionConfig(awr_temperature=30.0)  # weights e^3 vs e^-3: ~400:1 for the good mode
+    valid = jnp.ones((256, 1), bool)
+
+    def loss(p, rng):
+        d, r = jax.random.split(rng)
+        obs, actions, adv = two_mode_data(d, 256)
+        return extraction.awr_flow_loss(_apply(net), p, obs, actions, adv, r, valid, cfg)
+
+    params = fit(loss, _init(net), 1500)
+    a = _sample(net, params, {"lang": jnp.zeros((400, L))}, 400)
+    assert float(jnp.mean(a > 0)) > 0.9
+    w = extraction.awr_weights(jnp.array([0.0, 1.0, 100.0]), 1.0, 50.0)
+    np.testing.assert_allclose(np.asarray(w), [1.0, np.e, 50.0], rtol=1e-6)  # exp, clipped at the max weight
+
+
+def test_q_grad_actor_moves_to_the_argmax_of_q():
+    """Q(a) = 1 - (a - 0.8)^2 on data centred at 0: with a small BC weight the sampler's output goes to ~0.8."""
+    net = _net()
+    cfg = ExtractionConfig(q_grad_bc_weight=0.01)
+    flow = bc.FlowConfig(flow_steps=5)
+    n = 128
+
+    def q_fn(_obs, a):
+        return 1.0 - jnp.square(a[:, 0, 0] - 0.8)[None, :]
+
+    def loss(p, rng):
+        d, r, s = jax.random.split(rng, 3)
+        obs = {"lang": jnp.zeros((n, L))}
+        actions = 0.1 * jax.random.normal(d, (n, 1, 1))
+        bc_loss, _ = bc.flow_matching_loss(_apply(net), p, obs, actions, r)
+        v = lambda o, x, t: _apply(net)(p, o, x, t)  # noqa: E731
+        return extraction.q_grad_loss(v, q_fn, obs, bc_loss, s, (1, 1), flow, cfg)
+
+    params = fit(loss, _init(net), 800)
+    a = _sample(net, params, {"lang": jnp.zeros((400, L))}, 400, flow_steps=flow.flow_steps)  # the trained sampler
+    assert abs(float(jnp.mean(a)) - 0.8) < 0.15
+
+
+def test_extraction_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="recap_drop_prob"):
+        ExtractionConfig(recap_drop_prob=1.0)
+    with pytest.raises(ValueError, match="q_grad_bc_weight"):
+        ExtractionConfig(q_grad_bc_weight=-1.0)
+
+
+# ------------------------------------------------------------------------------------------- HG-DAgger
+def test_human_chunk_mask_keeps_whole_human_chunks_only():
+    from lwd_jax.learner.fleet_store import human_chunk_mask
+
+    inter = np.array([0, 0, 1, 1, 1, 1, 0, 1, 1], bool)
+    # H = 2: chunk t..t+1 (cut at the end) is all human at t = 2, 3, 4, 7, 8
+    np.testing.assert_array_equal(human_chunk_mask(inter, 2), [0, 0, 1, 1, 1, 0, 0, 1, 1])
+    assert not human_chunk_mask(np.zeros(5, bool), 3).any()
+    assert human_chunk_mask(np.ones(5, bool), 3).all()
+
+
+def test_hg_dagger_fleet_buffer_holds_exactly_the_human_segments(tmp_path):
+    from lwd_jax.data.batching import InstructionTable
+    from lwd_jax.learner.fleet_store import FleetStore, human_chunk_mask
+    from tests.rlds_fixtures import make_episode
+
+    table = InstructionTable(lambda texts: np.ones((len(texts), 4), np.float32), 4)
+    kw = dict(chunk_len=3, n_chunks=1, gamma=0.99, task_ids={"cube_pick_place": 0}, table=table, capacity=1000, durable=False)
+    human = FleetStore(str(tmp_path / "h"), keep="human", **kw)
+    every = FleetStore(str(tmp_path / "a"), **kw)
+    total = 0
+    for seed in range(3):
+        ep = make_episode(np.random.default_rng(seed), num_steps=20, task="cube_pick_place")
+        ep.intervention = np.zeros(20, bool)
+        ep.intervention[5:12] = True  # one human takeover of 7 steps
+        for store in (human, every):
+            store.persist(ep)
+            store.on_accept(ep)
+        total += int(human_chunk_mask(ep.intervention, 3).sum())
+    assert len(human) == len(every) == 3  # every episode is logged (and stored on disk) ...
+    assert human.num_transitions() == total == 3 * 5  # ... but only chunks t = 5..9 enter BC's buffer
+    assert every.num_transitions() == 60
+    rows = human.buffer.gather(np.arange(total))
+    assert rows["intervention"].all()
+    with pytest.raises(ValueError, match="keep"):
+        FleetStore(str(tmp_path / "x"), keep="robot", **kw)
+
+
+# ------------------------------------------------------------------------------ SFT data and shared start
+def test_demos_only_pretrain_buffer(smoke_dataset):
+    from experiments.configs.multitask import get_config
+    from experiments.train import load_offline
+    from lwd_jax.data.batching import InstructionTable
+    from lwd_jax.data.rlds_reader import RLDSReader
+    from lwd_jax.sim.tasks import task_names
+
+    data_cfg, _ = smoke_dataset
+    cfg = get_config("smoke")
+    cfg.data.offline_dir = data_cfg.out_dir
+    cfg.data.pretrain_data = "demos"
+    tasks = data_cfg.tasks.split(",")
+    table = InstructionTable(lambda texts: np.zeros((len(texts), 4), np.float32), 4)
+    offline, demos = load_offline(cfg, tasks, {t: i for i, t in enumerate(task_names())}, table)
+    eps = list(RLDSReader(data_cfg.out_dir).episodes())
+    assert len(offline) == sum(e.num_steps for e in eps)
+    assert len(demos) == sum(e.num_steps for e in eps if e.source == "demo") < len(offline)
+
+
+def test_benchmark_driver_end_to_end(smoke_dataset, tmp_path):
+    """SFT once, two methods from its checkpoint (one online with HG-DAgger), tables, JSON and a plot."""
+    from experiments import benchmark
+    from experiments.configs.benchmark import get_config
+
+    data_cfg, _ = smoke_dataset
+    b = get_config("smoke")
+    b.root, b.results_dir, b.offline_dir = str(tmp_path / "runs"), str(tmp_path / "results"), data_cfg.out_dir
+    b.methods = "HG-DAgger,QAM -> AWR flow"
+    b.extra = f"tasks={data_cfg.tasks}"
+    out = benchmark.run_benchmark(b)
+    assert list(out["rows"]) == ["SFT", "HG-DAgger", "QAM -> AWR flow"]
+    sft = benchmark.workdir(b, 0, "SFT")
+    with open(os.path.join(benchmark.workdir(b, 0, "HG-DAgger"), "results.json")) as f:
+        hg = json.load(f)
+    with open(os.path.join(sft, "results.json")) as f:
+        assert hg["BC pretrain"] == json.load(f)["BC pretrain"]  # the shared SFT evaluation, not a re-run
+    assert set(hg) == {"BC pretrain", "online LWD"}  # HG-DAgger has no offline RL stage
+    for name in ("benchmark.json", "benchmark.md", "hg-dagger.png"):
+        assert os.path.getsize(tmp_path / "results" / name) > 0
+    md = (tmp_path / "results" / "benchmark.md").read_text()
+    assert "| SFT |" in md and "QAM -> AWR flow" in md
+    # a method's run must start from the SFT checkpoint: its BC flow equals SFT's
+    cfg = benchmark.run_config(b, 0, "QAM -> AWR flow")
+    assert cfg.init_from == sft and cfg.agent.extraction == "awr" and cfg.data.pretrain_data == "demos"
+    with pytest.raises(ValueError, match="no such field"):
+        b.extra = "agent.nonsense=1"
+        benchmark.run_config(b, 0, "LWD")
