@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-PARTS = ("matmul", "update", "update_gpu", "inference", "ingest", "push")
+PARTS = ("matmul", "update", "update_gpu", "methods", "inference", "ingest", "push")
 
 
 def _timeit(fn: Callable[[], Any], repeats: int) -> float:
@@ -99,6 +99,55 @@ def bench_update(variant: str, batch: int, updates_per_call: int, repeats: int, 
     }
     if roof:
         out["fraction_of_roof"] = out["achieved_gflops"] / roof
+    return out
+
+
+def bench_methods(quick: bool, repeats: int) -> dict[str, Any]:
+    """Per benchmark method (experiments/configs/benchmark.py): learner updates/s of the update its fleet
+    stage runs (offline-only ablations: the offline update), at the benchmark's net sizes and batch, and
+    the budget it is given (BC pretrain, offline RL and online learner updates, fleet episodes). The fleet
+    episodes a finished benchmark run actually stored are added from runs/benchmark when present."""
+    from experiments import benchmark
+    from experiments.configs.benchmark import get_config
+    from lwd_jax.agent import LWDAgent
+    from tests.agent_fixtures import random_batches, random_obs
+
+    bcfg = get_config("smoke" if quick else "")
+    out: dict[str, Any] = {}
+    for method in (benchmark.SFT, *benchmark.bench_cfg.METHODS):
+        cfg = benchmark.run_config(bcfg, 0, method)
+        agent = LWDAgent(cfg.agent)
+        holder = {"state": agent.init(0, random_obs(np.random.default_rng(0), 2))}
+        batches = jax.device_put(random_batches(0, cfg.updates_per_call, cfg.batch_size))
+        bc_learner = method == benchmark.SFT or cfg.online_learner == "hg_dagger"
+        stage = "online" if cfg.stage == "all" else "offline"
+
+        def step():
+            if bc_learner:
+                holder["state"], m = agent.pretrain_update(holder["state"], batches)
+            else:
+                holder["state"], m = agent.update(holder["state"], batches, stage=stage)
+            return m
+
+        t = time.perf_counter()
+        jax.block_until_ready(step())
+        compile_s = time.perf_counter() - t
+        sec = _timeit(step, repeats) / cfg.updates_per_call
+        online = cfg.stage == "all"
+        row = {
+            "update": "BC (flow matching)" if bc_learner else f"{cfg.agent.extraction} + {cfg.agent.divl.value_type} "
+                      f"value, {cfg.agent.divl.critic_target} target ({stage})",
+            "learner_updates_per_s": 1.0 / sec, "compile_s": compile_s, "batch": cfg.batch_size,
+            "pretrain_steps": cfg.pretrain_steps, "offline_steps": cfg.offline_steps if method != benchmark.SFT else 0,
+            "online_steps": cfg.online_steps if online else 0,
+            "fleet_episodes": cfg.online.fleet_episodes if online else 0,
+        }
+        log = os.path.join(benchmark.workdir(bcfg, 0, method), "fleet_episodes.jsonl")
+        if online and os.path.exists(log):
+            with open(log) as f:
+                row["fleet_episodes_stored_seed0"] = sum(1 for _ in f)
+        out[method] = row
+        print(f"bench methods: {method}: {row['learner_updates_per_s']:.1f} updates/s ({row['update']})", flush=True)
     return out
 
 
@@ -209,6 +258,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         doc["update_default"] = bench_update("smoke" if args.quick else "", 16 if args.quick else 256, 2 if args.quick else 10, repeats, roof)
     if "update_gpu" in parts:
         doc["update_gpu_config"] = bench_update("gpu", 256, 2, 2 if args.quick else 3, roof)
+    if "methods" in parts:
+        doc["methods"] = bench_methods(args.quick, repeats)
     if "inference" in parts:
         doc["inference"] = bench_inference(repeats)
     if "ingest" in parts:
