@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 EXP ?= multitask
 TRAIN_ARGS ?=
 
-.PHONY: install data test lint clean bench train eval
+.PHONY: install data test lint clean bench train eval benchmark
 
 $(STAMP): setup.cfg pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (Python 3.11)"; exit 1; }
@@ -57,6 +57,12 @@ eval: install
 	@if [ "$(TASK)" != all ] && ! echo " $(EVAL_TASKS) " | grep -q " $(TASK) "; then \
 	  echo "make eval: unknown TASK='$(TASK)'; expected all or one of: $(EVAL_TASKS)" >&2; exit 2; fi
 	MUJOCO_GL=disable $(PY) -m experiments.eval --config=experiments/configs/eval/$(TASK).py --config.run=$(RUN) --config.policy=$(POLICY) $(EVAL_ARGS)
+
+# The method comparison (SFT, HG-DAgger, RECAP, HIL-SERL/RLPD, LWD offline/online, LWD ablations), 3 seeds,
+# on the CPU budget of experiments/configs/benchmark.py; tables and plots in results/benchmark/. Resumes.
+BENCH_ARGS ?=
+benchmark: data
+	MUJOCO_GL=disable $(PY) -m experiments.benchmark --config=experiments/configs/benchmark.py --config.offline_dir=$(DATA_DIR)/offline $(BENCH_ARGS)
 
 # Speed and memory goals live here, as JSON, never in timed tests.
 bench: install

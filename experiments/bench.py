@@ -122,7 +122,7 @@ def bench_methods(quick: bool, repeats: int) -> dict[str, Any]:
         bc_learner = method == benchmark.SFT or cfg.online_learner == "hg_dagger"
         stage = "online" if cfg.stage == "all" else "offline"
 
-        def step():
+        def step(agent=agent, holder=holder, batches=batches, bc_learner=bc_learner, stage=stage):  # bound now
             if bc_learner:
                 holder["state"], m = agent.pretrain_update(holder["state"], batches)
             else:

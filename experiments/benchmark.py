@@ -209,6 +209,8 @@ def aggregate(bcfg: ml_collections.ConfigDict, methods: list[str]) -> dict[str, 
     for method in ONLINE_METHODS:
         if method in methods:
             plot_method(bcfg, method, rows, tasks)
+    if rows:
+        plot_summary(rows, os.path.join(bcfg.results_dir, "methods.png"))
     print(md, flush=True)
     return out
 
@@ -305,6 +307,30 @@ def plot_method(bcfg: ml_collections.ConfigDict, method: str, rows: dict[str, An
     ax.set_title(f"{method}: success vs fleet episodes ({len(bcfg.seeds)} seeds)", fontsize=9)
     fig.tight_layout()
     fig.savefig(os.path.join(bcfg.results_dir, f"{slug(method)}.png"))
+    plt.close(fig)
+
+
+def plot_summary(rows: dict[str, Any], path: str) -> None:
+    """Every row (Table I and ablations): average success on short and long tasks, error bars = seed std."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(rows)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.9 * len(names)), 4), dpi=120)
+    for k, (group, label) in enumerate((("average_short", "short tasks"), ("average_long", "long tasks"))):
+        m = [rows[n][group]["success_rate"] for n in names]
+        e = [rows[n][group]["success_rate_seed_std"] for n in names]
+        ax.bar(x + (k - 0.5) * 0.38, m, 0.38, yerr=e, capsize=3, label=label, color=f"C{k}")
+    ax.set_xticks(x, names, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("success rate (mean over seeds ± std)")
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
     plt.close(fig)
 
 

@@ -15,6 +15,7 @@ import pytest
 from lwd_jax.algos import bc, extraction
 from lwd_jax.algos.extraction import ExtractionConfig
 from lwd_jax.nets.flow import VelocityField
+from tests.fit import fit
 
 GOOD, BAD = 0.5, -0.5  # the two action modes of the toys (1-step chunks of 1-d actions)
 L = 8  # toy "language embedding" size: the RECAP indicator is added to it
@@ -26,24 +27,6 @@ def _net():
 
 def _apply(net):
     return lambda p, obs, x, t: net.apply(p, obs["lang"], x, t)
-
-
-def fit(loss_fn, params, steps: int, lr: float = 3e-3, seed: int = 0):
-    """Adam on `loss_fn(params, rng) -> (loss, info)`, jitted; returns the trained params."""
-    tx = optax.adam(lr)
-    opt = tx.init(params)
-
-    @jax.jit
-    def step(params, opt, rng):
-        (_, _), g = jax.value_and_grad(loss_fn, has_aux=True)(params, rng)
-        upd, opt = tx.update(g, opt, params)
-        return optax.apply_updates(params, upd), opt
-
-    rng = jax.random.PRNGKey(seed)
-    for _ in range(steps):
-        rng, k = jax.random.split(rng)
-        params, opt = step(params, opt, k)
-    return params
 
 
 def two_mode_data(rng, n: int):
@@ -65,16 +48,22 @@ def _init(net, n=4):
     return net.init(jax.random.PRNGKey(0), jnp.zeros((n, L)), jnp.zeros((n, 1, 1)), jnp.zeros((n,)))
 
 
-def test_recap_conditioned_policy_picks_the_better_mode():
-    net, cfg = _net(), ExtractionConfig()
+def _fit_two_modes(net, loss, cfg: ExtractionConfig):
+    """Trains `net` with `loss(apply, params, obs, actions, advantage, rng, valid, cfg)` on the two-mode data."""
     valid = jnp.ones((256, 1), bool)
 
-    def loss(p, rng):
+    def loss_fn(p, rng):
         d, r = jax.random.split(rng)
         obs, actions, adv = two_mode_data(d, 256)
-        return extraction.recap_loss(_apply(net), p, obs, actions, adv, r, valid, cfg)
+        return loss(_apply(net), p, obs, actions, adv, r, valid, cfg)
 
-    params = fit(loss, _init(net), 1500)
+    params, _ = fit(loss_fn, _init(net), 1500, optax.adam(3e-3), 0)
+    return params
+
+
+def test_recap_conditioned_policy_picks_the_better_mode():
+    net = _net()
+    params = _fit_two_modes(net, extraction.recap_loss, ExtractionConfig())
     obs = {"lang": jnp.zeros((400, L))}
     pos, neg, free = (_sample(net, params, obs, 400, cond=c) for c in (1.0, -1.0, 0.0))
     assert float(jnp.mean(pos > 0)) > 0.9  # "advantage positive" -> the better mode
@@ -92,15 +81,8 @@ def test_recap_indicator_labels_and_drops():
 
 def test_awr_flow_tilts_towards_the_better_mode():
     net = _net()
-    cfg = ExtractionConfig(awr_temperature=30.0)  # weights e^3 vs e^-3: ~400:1 for the good mode
-    valid = jnp.ones((256, 1), bool)
-
-    def loss(p, rng):
-        d, r = jax.random.split(rng)
-        obs, actions, adv = two_mode_data(d, 256)
-        return extraction.awr_flow_loss(_apply(net), p, obs, actions, adv, r, valid, cfg)
-
-    params = fit(loss, _init(net), 1500)
+    # temperature 30: weights e^3 vs e^-3, ~400:1 for the good mode
+    params = _fit_two_modes(net, extraction.awr_flow_loss, ExtractionConfig(awr_temperature=30.0))
     a = _sample(net, params, {"lang": jnp.zeros((400, L))}, 400)
     assert float(jnp.mean(a > 0)) > 0.9
     w = extraction.awr_weights(jnp.array([0.0, 1.0, 100.0]), 1.0, 50.0)
@@ -125,7 +107,7 @@ def test_q_grad_actor_moves_to_the_argmax_of_q():
         v = lambda o, x, t: _apply(net)(p, o, x, t)  # noqa: E731
         return extraction.q_grad_loss(v, q_fn, obs, bc_loss, s, (1, 1), flow, cfg)
 
-    params = fit(loss, _init(net), 800)
+    params, _ = fit(loss, _init(net), 800, optax.adam(3e-3), 0)
     a = _sample(net, params, {"lang": jnp.zeros((400, L))}, 400, flow_steps=flow.flow_steps)  # the trained sampler
     assert abs(float(jnp.mean(a)) - 0.8) < 0.15
 

@@ -9,6 +9,7 @@ import optax
 
 from lwd_jax.algos import bc
 from lwd_jax.nets.flow import VelocityField
+from tests.fit import fit
 
 MODES = np.array([[-0.5, -0.5], [0.5, -0.5], [-0.5, 0.5], [0.5, 0.5]], np.float32)
 WEIGHTS = np.array([0.4, 0.3, 0.2, 0.1])
@@ -26,20 +27,12 @@ def train_bc(steps=3000, batch=256, seed=0):
     obs = jnp.zeros((batch, 1))  # unconditional: a constant observation
     params = jax.jit(net.init)(jax.random.PRNGKey(seed), obs, jnp.zeros((batch, 1, 2)), jnp.zeros((batch,)))
     tx = optax.adam(optax.cosine_decay_schedule(2e-3, steps, alpha=0.1))
-    opt = tx.init(params)
 
-    @jax.jit
-    def step(params, opt, rng):
+    def loss(params, rng):
         d_rng, l_rng = jax.random.split(rng)
-        actions = sample_mixture(d_rng, batch)[:, None, :]
-        (loss, _), g = jax.value_and_grad(bc.flow_matching_loss, argnums=1, has_aux=True)(net.apply, params, obs, actions, l_rng)
-        upd, opt = tx.update(g, opt, params)
-        return optax.apply_updates(params, upd), opt, loss
+        return bc.flow_matching_loss(net.apply, params, obs, sample_mixture(d_rng, batch)[:, None, :], l_rng)
 
-    rng = jax.random.PRNGKey(seed + 1)
-    for _ in range(steps):
-        rng, sub = jax.random.split(rng)
-        params, opt, loss = step(params, opt, sub)
+    params, _ = fit(loss, params, steps, tx, seed + 1)
     return net, params
 
 

@@ -22,6 +22,7 @@ import pytest
 from lwd_jax.algos import qam
 from lwd_jax.algos.bc import euler_sample
 from lwd_jax.nets.flow import VelocityField
+from tests.fit import fit
 
 # Contexts: (weights, means, stds) of pi_beta, and Q = lin * a - quad * (a - centre)^2.
 CONTEXTS = [
@@ -91,21 +92,9 @@ def train_qam(residual: bool, steps: int, batch: int = 256, seed: int = 0, flow_
     net = VelocityField(1, 1, hidden_dims=(64, 64), final_init_scale=0.0 if residual else 1.0)
     obs = _context_obs(batch // len(CONTEXTS) + 1)
     params = jax.jit(net.init)(jax.random.PRNGKey(seed), obs, jnp.zeros((obs.shape[0], 1, 1)), jnp.zeros((obs.shape[0],)))
-    tx = optax.adam(lr)
-    opt = tx.init(params)
-
-    @jax.jit
-    def step(params, opt, rng):
-        grad_fn = jax.value_and_grad(qam.adjoint_matching_loss, argnums=1, has_aux=True)
-        (loss, _), g = grad_fn(net.apply, params, v_base, q_fn, obs, rng, (1, 1), cfg)
-        upd, opt = tx.update(g, opt, params)
-        return optax.apply_updates(params, upd), opt, loss
-
-    rng = jax.random.PRNGKey(seed + 1)
-    for _ in range(steps):
-        rng, sub = jax.random.split(rng)
-        params, opt, loss = step(params, opt, sub)
-    assert np.isfinite(float(loss))
+    params, loss = fit(lambda p, rng: qam.adjoint_matching_loss(net.apply, p, v_base, q_fn, obs, rng, (1, 1), cfg),
+                       params, steps, optax.adam(lr), seed + 1)
+    assert np.isfinite(loss)
     return net, params, cfg
 
 

@@ -225,30 +225,18 @@ def _detail_headers(m: str, interventions: bool) -> list[str]:
     return heads + ([f"{m} intervention"] if interventions else [])
 
 
-def _detail_cell(s: Mapping[str, float] | None, interventions: bool) -> list[str]:
-    width = 5 if interventions else 4
+def _detail_cell(s: Mapping[str, float] | None, interventions: bool, intervals: bool = True) -> list[str]:
+    """One method's cells of a task row (with 95% intervals) or of an average row (`intervals=False`)."""
     if s is None:
-        return ["–"] * width
+        return ["–"] * (5 if interventions else 4)
+    ci = (lambda k: f" [{s[k + '_lo']:.2f}, {s[k + '_hi']:.2f}]") if intervals else (lambda k: "")
     cells = [
-        f"{s['success_rate']:.2f} [{s['success_lo']:.2f}, {s['success_hi']:.2f}]",
-        f"{s['stepwise_score']:.2f} [{s['score_lo']:.2f}, {s['score_hi']:.2f}]",
+        f"{s['success_rate']:.2f}{ci('success')}",
+        f"{s['stepwise_score']:.2f}{ci('score')}",
         f"{_num(s['cycle_time_success'], '.0f')} / {_num(s['cycle_time_all'], '.0f')}",
         f"{_num(s['cycle_time_success_s'], '.1f')} / {_num(s['cycle_time_all_s'], '.1f')}",
     ]
     return cells + ([f"{s['intervention_rate']:.2f}"] if interventions else [])
-
-
-def _detail_average(a: Mapping[str, float] | None, interventions: bool) -> list[str]:
-    width = 5 if interventions else 4
-    if a is None:
-        return ["–"] * width
-    cells = [
-        f"{a['success_rate']:.2f}",
-        f"{a['stepwise_score']:.2f}",
-        f"{_num(a['cycle_time_success'], '.0f')} / {_num(a['cycle_time_all'], '.0f')}",
-        f"{_num(a['cycle_time_success_s'], '.1f')} / {_num(a['cycle_time_all_s'], '.1f')}",
-    ]
-    return cells + ([f"{a['intervention_rate']:.2f}"] if interventions else [])
 
 
 def _row(cells: list[str]) -> str:
@@ -315,7 +303,7 @@ def _detail_table(columns: dict[str, dict[str, dict[str, float]]], long_tasks: s
     for group, name in (("all", "average"), ("short", "average short"), ("long", "average long")):
         if (group != "all" and not long_tasks) or not any(group in avgs[m] for m in methods):
             continue
-        lines.append(_row([f"**{name}**"] + [c for m in methods for c in _detail_average(avgs[m].get(group), interventions)]))
+        lines.append(_row([f"**{name}**"] + [c for m in methods for c in _detail_cell(avgs[m].get(group), interventions, intervals=False)]))
     return "\n".join(lines)
 
 
