@@ -253,3 +253,10 @@ def test_evaluate_is_reproducible_and_teleop_runs(tiny_run, tmp_path):
     assert summary["episodes"] == 2 and summary["intervention_rate"] > 0  # the untrained policy stalls; the human steps in
     assert report["policy"]["step"] == 4 and report["seed"] == 7 and report["teleop"] is True
     assert [e["seed"] for e in report["methods"]["policy"]["episodes"]] == [r.seed for r in first]  # same scenes
+
+
+@pytest.mark.timeout(180)
+def test_parallel_evaluation_fails_loudly_when_workers_cannot_run():
+    """A worker that cannot load the policy (or dies) must end the evaluation with an error, never hang it."""
+    with pytest.raises(RuntimeError, match="evaluation: a worker process died or failed to load the policy"):
+        ev.evaluate(b"not a policy blob", [EVAL_TASK], 2, seed=0, workers=2)

@@ -18,6 +18,8 @@ import math
 import multiprocessing as mp
 import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import numpy as np
@@ -120,9 +122,18 @@ def evaluate(
     if workers <= 1:
         _init_worker(blob, seed)
         return [_run_job(j) for j in jobs]
+    # Why an executor, not multiprocessing.Pool: a Pool whose worker dies (a MuJoCo segfault, the OOM killer) or
+    # whose initializer raises (a bad blob) respawns workers and waits forever for the lost job; the executor
+    # marks itself broken and every pending result raises, so a run fails loudly instead of hanging.
     ctx = mp.get_context("spawn")  # never fork a process that holds JAX/TF threads
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(blob, seed)) as pool:
-        return pool.map(_run_job, jobs, chunksize=1)
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(blob, seed)) as pool:
+        try:
+            return list(pool.map(_run_job, jobs))
+        except BrokenProcessPool as e:
+            raise RuntimeError(
+                f"evaluation: a worker process died or failed to load the policy ({e}); tasks {list(tasks)}, "
+                f"{len(jobs)} episodes, {workers} workers. Run with workers=1 to see the worker's own error."
+            ) from e
 
 
 # ================================================================================================ statistics
