@@ -48,7 +48,7 @@ def check_config(cfg: ml_collections.ConfigDict) -> list[str]:
     """Validates what ml_collections cannot (values, not keys); returns the task list. Errors name the key."""
     if cfg.stage not in STAGES:
         raise ValueError(f"config.stage: expected one of {STAGES}, got {cfg.stage!r}")
-    for key in ("pretrain_steps", "offline_steps", "online_steps"):
+    for key in ("pretrain_steps", "critic_warmup_steps", "offline_steps", "online_steps"):
         if int(cfg[key]) < 0 or int(cfg[key]) % cfg.updates_per_call:
             raise ValueError(f"config.{key}: expected a non-negative multiple of updates_per_call ({cfg.updates_per_call}), got {cfg[key]}")
     oc = cfg.online
@@ -170,9 +170,11 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
         print(f"BC flow from {cfg.init_from} (step {int(state.step)})", flush=True)
     logger = MetricsLogger(os.path.join(cfg.workdir, "logs"), console_every=1)
 
-    # ---- stages: [0, p_end) BC pretrain, [p_end, o_end) offline RL, [o_end, total) online with the fleet
+    # ---- stages: [0, p_end) BC pretrain, [p_end, c_end) critic warm-up (the flows stay put), [c_end, o_end)
+    # offline RL, [o_end, total) online with the fleet
     p_end = cfg.pretrain_steps
-    o_end = p_end + cfg.offline_steps
+    c_end = p_end + cfg.critic_warmup_steps
+    o_end = c_end + cfg.offline_steps
     total = o_end + (cfg.online_steps if cfg.stage in ("online", "all") else 0)
     step = int(state.step)
     if cfg.stage == "online" and step < o_end:
@@ -181,29 +183,36 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
             f"stage ({o_end}); run --config.stage=offline first, or --config.stage=all"
         )
     evals = EvalCache(cfg, agent, stats, tasks, all_tasks)
+    probe = CriticProbe(cfg, agent, offline, stats, table)
     u = cfg.updates_per_call
     bar = tqdm(total=total, initial=step, desc="train", unit="upd", dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
     if step >= p_end:
         evals.get("BC pretrain", state, "base", p_end)
     while step < o_end:
-        phase = "pretrain" if step < p_end else "offline"
+        phase = "pretrain" if step < p_end else "critic" if step < c_end else "offline"
         batches = sample_batches(cfg, pretrain_buf if phase == "pretrain" else offline, None, step, stats, table)
         if phase == "pretrain":
             state, metrics = agent.pretrain_update(state, batches)
+        elif phase == "critic":
+            state, metrics = agent.critic_update(state, batches, stage="offline")
         else:
             state, metrics = agent.update(state, batches, stage="offline")
         step += u
         bar.update(u)
-        if step % cfg.log_every < u or step >= o_end:
+        if step % cfg.log_every < u or step >= o_end or step == c_end:
             scalars = logger.log(step, jax.device_get(metrics), prefix=phase)
             check_finite(scalars, step)
-        if step % cfg.checkpoint_every < u or step >= o_end or step == p_end:
+            if phase != "pretrain":
+                probe.log(state, step, logger)
+        if step % cfg.checkpoint_every < u or step >= o_end or step == p_end or step == c_end:
             ckpt.save(step, state, {"phase": phase, "step": step, "version": 0, "config": cfg.to_json()}, force=True)
         if step == p_end:
             evals.get("BC pretrain", state, "base", step, logger)
         if phase == "offline" and step % cfg.eval.every < u and step < o_end:
             evals.log_only(state, step, logger)
     results = {"BC pretrain": evals.get("BC pretrain", state, "base", p_end)}
+    if o_end > p_end and cfg.online_learner == "rl":
+        probe.save(state, o_end, "offline")
     if cfg.offline_steps and cfg.eval.offline:
         results["offline LWD"] = evals.get("offline LWD", state, "policy", o_end, logger)
     report = None
@@ -214,6 +223,8 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
         state, report = run_online(cfg, agent, state, pretrain_buf if hg else offline, stats, table, tasks, task_ids,
                                    logger, ckpt, total, bar)
         results["online LWD"] = evals.get("online LWD", state, "base" if hg else "policy", total, logger)
+        if not hg:
+            probe.save(state, total, "online")
     bar.close()
     ckpt.wait()
 
@@ -289,6 +300,36 @@ def online_summary(cfg: ml_collections.ConfigDict, report) -> str:
             f"({len(first)} episodes) -> second half {np.mean([e.success for e in last]):.2f} ({len(last)} episodes)."
         )
     return "\n".join(lines)
+
+
+class CriticProbe:
+    """The critic's values on a fixed, task-balanced set of offline transitions against their Monte-Carlo
+    returns (lwd_jax/learner/critic_probe.py): logged as probe/* and saved per stage in workdir/probe.json."""
+
+    def __init__(self, cfg, agent: LWDAgent, offline: TransitionBuffer, stats, table):
+        rows = offline.sample(np.random.default_rng([cfg.seed, 7]), cfg.probe_size, balanced=cfg.data.task_balanced)
+        batch = batching.agent_batch(rows, stats, table)
+        self.agent, self.obs, self.actions, self.mc = agent, batch["observations"], batch["actions"], rows["mc_return"]
+        self.path = os.path.join(cfg.workdir, "probe.json")
+
+    def stats(self, state) -> dict[str, float]:
+        from lwd_jax.learner.critic_probe import probe_stats
+
+        vals = jax.device_get(self.agent.critic_values(state.params, self.obs, self.actions))
+        return probe_stats(vals["q"], vals["v"], self.mc)
+
+    def log(self, state, step: int, logger: MetricsLogger) -> None:
+        logger.log(step, self.stats(state), prefix="probe")
+
+    def save(self, state, step: int, stage: str) -> None:
+        saved = {}
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                saved = json.load(f)
+        saved[stage] = {"step": int(step), **self.stats(state)}
+        with open(self.path + ".tmp", "w") as f:
+            json.dump(saved, f, indent=1)
+        os.replace(self.path + ".tmp", self.path)
 
 
 class EvalCache:

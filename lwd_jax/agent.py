@@ -201,14 +201,9 @@ class LWDAgent:
         opt_state = dict(state.opt_state, base=opt_base)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), {**info, "bc_grad_norm": gnorm}
 
-    def _rl_step(self, state: AgentState, batch: Batch, stage: str) -> tuple[AgentState, Metrics]:
-        """One full DIVL + QAM update (same losses offline and online; `stage` picks tau_base and freezing)."""
-        cfg = self.cfg
-        dcfg = divl_config(cfg, stage)
-        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        r_qam, r_bc, r_next = jax.random.split(rng, 3)
-        p, o = dict(state.params), dict(state.opt_state)
-        obs = batch["observations"]
+    def _critic_part(self, p: dict[str, Any], o: dict[str, Any], batch: Batch, dcfg: divl.DIVLConfig,
+                     rng: jax.Array) -> Metrics:
+        """Steps 1-4 of an update, in place on the dicts `p` (params) and `o` (optimizer states)."""
         critic_apply, value_apply = self._apply(self.critic_net), self._apply(self.value_net)
         metrics: Metrics = {}
 
@@ -225,7 +220,7 @@ class LWDAgent:
             y, tinfo = divl.divl_target(value_apply, p["value"], batch, dcfg)
         else:
             nobs = batch["next_observations"]
-            a_next = qam.sample_actions(self.policy_velocity(p), nobs, r_next, self.action_shape, self.qam_cfg)
+            a_next = qam.sample_actions(self.policy_velocity(p), nobs, rng, self.action_shape, self.qam_cfg)
             y, tinfo = divl.policy_action_target(critic_apply, p["critic_target"], batch, a_next, dcfg.rho)
         metrics.update(tinfo)
 
@@ -236,6 +231,29 @@ class LWDAgent:
         p["critic"], o["critic"], metrics["critic_grad_norm"] = self._sgd(self.tx["critic"], p["critic"], o["critic"], g)
         p["critic_target"] = ema_update(p["critic"], p["critic_target"], dcfg.target_ema)
         metrics.update(cinfo)
+        return metrics
+
+    def _critic_step(self, state: AgentState, batch: Batch, stage: str) -> tuple[AgentState, Metrics]:
+        """Steps 1-4 only (value, TD target, critic, target EMA): the critic warm-up before extraction.
+
+        Why it exists: DIVL's target is in-sample (it never queries the policy), so the critic can be
+        trained before the policy moves; at a small learner budget an extraction against a critic that has
+        not yet propagated the sparse reward only chases its noise. The policy, base and reference stay put.
+        """
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        p, o = dict(state.params), dict(state.opt_state)
+        metrics = self._critic_part(p, o, batch, divl_config(self.cfg, stage), jax.random.split(rng, 3)[2])
+        return state.replace(step=state.step + 1, params=p, opt_state=o), metrics
+
+    def _rl_step(self, state: AgentState, batch: Batch, stage: str) -> tuple[AgentState, Metrics]:
+        """One full DIVL + QAM update (same losses offline and online; `stage` picks tau_base and freezing)."""
+        cfg = self.cfg
+        dcfg = divl_config(cfg, stage)
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        r_qam, r_bc, r_next = jax.random.split(rng, 3)
+        p, o = dict(state.params), dict(state.opt_state)
+        obs = batch["observations"]
+        metrics = self._critic_part(p, o, batch, dcfg, r_next)
 
         # 5. QAM policy extraction against the reference base flow. Each net encodes the observation
         # once (not once per flow step): the algos see an obs pytree of per-net features, and each bound
@@ -347,6 +365,27 @@ class LWDAgent:
             raise ValueError(f"agent.update: stage expected 'offline' or 'online', got {stage!r}")
         fn = functools.partial(self._scan, functools.partial(self._rl_step, stage=stage))
         return self._compile(f"rl_{stage}", fn, state, batches, True)(state, batches)
+
+    def critic_update(self, state: AgentState, batches: Batch, stage: str = "offline") -> tuple[AgentState, Metrics]:
+        """U critic-only updates (value, critic, target EMA; the flows stay put); `batches` leaves are [U, B, ...]."""
+        if stage not in ("offline", "online"):
+            raise ValueError(f"agent.critic_update: stage expected 'offline' or 'online', got {stage!r}")
+        fn = functools.partial(self._scan, functools.partial(self._critic_step, stage=stage))
+        return self._compile(f"critic_{stage}", fn, state, batches, True)(state, batches)
+
+    def critic_values(self, params: dict[str, Any], obs: dict[str, Any], actions: jax.Array) -> dict[str, jax.Array]:
+        """Q̄(s, a) [B] of the target critic (the value the extraction and the value head see) and the value
+        head's mean E[V(s)] [B]: what the critic probe compares with the data's Monte-Carlo returns."""
+        if "values" not in self._jitted:
+            dcfg = divl_config(self.cfg, "offline")
+
+            def values(params, obs, actions):
+                q = divl.target_q(self._apply(self.critic_net), params["critic_target"], obs, actions, dcfg.target_agg)
+                v = divl.mean_value(self._apply(self.value_net), params["value"], obs, dcfg)
+                return {"q": q, "v": v}
+
+            self._jitted["values"] = jax.jit(values)
+        return self._jitted["values"](params, obs, actions)
 
     def sample_actions(self, params: dict[str, Any], obs: dict[str, Any], rng: jax.Array) -> jax.Array:
         """Action chunks [B, H, A] in [-1, 1] from the fine-tuned ODE (optionally best-of-N by Q)."""

@@ -49,6 +49,23 @@ def test_update_runs_and_changes_the_right_trees(agent):
     assert a.shape == (4, 5, 5) and float(np.abs(a).max()) <= 1.0
 
 
+def test_critic_update_trains_only_the_critic_and_value(agent):
+    example = random_obs(np.random.default_rng(0), 2)
+    s0 = agent.init(0, example)
+    before = jax.device_get(s0.params)
+    s1, m = agent.critic_update(s0, random_batches(4, 2, 16))
+    after = jax.device_get(s1.params)
+    assert int(s1.step) == 2 and np.isfinite(float(m["critic_loss"])) and "am_loss" not in m
+    for k in ("critic", "critic_target", "value"):
+        assert not _leaves_equal(before[k], after[k]), k
+    for k in ("actor", "base", "base_ref"):  # the warm-up leaves every flow where it was
+        assert _leaves_equal(before[k], after[k]), k
+    vals = agent.critic_values(s1.params, random_obs(np.random.default_rng(5), 3), np.zeros((3, 5, 5), np.float32))
+    assert vals["q"].shape == (3,) and vals["v"].shape == (3,)
+    with pytest.raises(ValueError, match="stage"):
+        agent.critic_update(s1, random_batches(4, 2, 16), stage="warmup")
+
+
 def test_checkpoint_resume_equals_uninterrupted(agent, tmp_path):
     example = random_obs(np.random.default_rng(0), 2)
     b1, b2 = random_batches(11, 2, 16), random_batches(12, 2, 16)

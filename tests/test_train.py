@@ -29,8 +29,19 @@ def test_train_offline_then_resume(smoke_dataset, tmp_path, capsys):
     data_cfg, _ = smoke_dataset
     cfg = _cfg(data_cfg, tmp_path)
     cfg.stage = "offline"
+    cfg.critic_warmup_steps = cfg.updates_per_call  # pretrain -> critic warm-up -> offline RL
     results = run(cfg)
     assert set(results) == {"BC pretrain", "offline LWD"}
+    with open(tmp_path / "logs" / "metrics.jsonl") as f:
+        logged = [json.loads(line) for line in f]
+    warmup = [r for r in logged if "critic/critic_loss" in r]
+    assert [r["step"] for r in warmup] == [cfg.pretrain_steps + cfg.critic_warmup_steps]
+    assert "critic/am_loss" not in warmup[0]  # the warm-up trains no policy
+    assert any("probe/q_mc_pearson" in r for r in logged)
+    with open(tmp_path / "probe.json") as f:
+        probe = json.load(f)
+    assert probe["offline"]["step"] == cfg.pretrain_steps + cfg.critic_warmup_steps + cfg.offline_steps
+    assert set(probe["offline"]) >= {"q_mc_pearson", "q_success_auroc", "q_mean", "mc_mean"}
     for method in results.values():
         for s in method.values():
             assert 0.0 <= s["success_rate"] <= 1.0 and s["episodes"] == 1
@@ -38,7 +49,7 @@ def test_train_offline_then_resume(smoke_dataset, tmp_path, capsys):
     with open(tmp_path / "results.json") as f:
         assert json.load(f).keys() == results.keys()
     first = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
-    assert first[-1] == cfg.pretrain_steps + cfg.offline_steps
+    assert first[-1] == cfg.pretrain_steps + cfg.critic_warmup_steps + cfg.offline_steps
     # Resume: two more updates on top of the saved run, not a restart from zero.
     cfg.offline_steps += cfg.updates_per_call
     capsys.readouterr()

@@ -120,6 +120,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # CPU budget (measured: ~27 min on 2 shared cores with both evaluations, see README); the gpu variant
     # trains 10-100x longer.
     c.pretrain_steps = 10_000
+    # Critic-only DIVL updates between BC pretraining and offline RL (the policy waits for an informed critic;
+    # in-sample targets never query it). Each costs a small fraction of a full update (see README, Speed).
+    c.critic_warmup_steps = 0
     c.offline_steps = 2_000
     c.online_steps = 2_000  # learner updates of the online stage (stage "online" / "all")
 
@@ -146,6 +149,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.checkpoint_every = 5_000
     c.keep_checkpoints = 3
     c.log_every = 1_000
+    c.probe_size = 2048  # offline transitions the critic probe scores against their Monte-Carlo returns
 
     if variant == "smoke":
         c.workdir = "runs/smoke"
