@@ -66,12 +66,12 @@ def run_config(bcfg: ml_collections.ConfigDict, seed: int, method: str) -> ml_co
 
     cfg = get_config()
     flat = dict(bench_cfg.overrides(bcfg.variant))
-    if method == SFT:
-        flat.update({"stage": "offline", "offline_steps": 0, "online_steps": 0})
-    else:
+    if method != SFT:
         flat.update(bench_cfg.METHODS[method])
         flat["init_from"] = workdir(bcfg, seed, SFT)
     flat.update(parse_extra(bcfg.extra))
+    if method == SFT:  # BC pretraining only, whatever `extra` says of the later stages
+        flat.update({"stage": "offline", "critic_warmup_steps": 0, "offline_steps": 0, "online_steps": 0})
     flat.update({"seed": int(seed), "workdir": workdir(bcfg, seed, method), "data.offline_dir": bcfg.offline_dir})
     for key, value in flat.items():
         parent = cfg
@@ -198,6 +198,7 @@ def aggregate(bcfg: ml_collections.ConfigDict, methods: list[str]) -> dict[str, 
         if ts:
             seconds[method] = {"runs": len(ts), "mean_s": float(np.mean(ts)), "total_s": float(np.sum(ts))}
     out = {"tasks": tasks, "long_tasks": long_tasks, "seeds": list(bcfg.seeds), "rows": rows, "seconds": seconds,
+           "critic_probe": critic_probes(bcfg, methods),
            "overrides": {**bench_cfg.overrides(bcfg.variant), **parse_extra(bcfg.extra)},
            "methods": {m: bench_cfg.METHODS[m] for m in methods}}
     os.makedirs(bcfg.results_dir, exist_ok=True)
@@ -212,6 +213,27 @@ def aggregate(bcfg: ml_collections.ConfigDict, methods: list[str]) -> dict[str, 
     if rows:
         plot_summary(rows, os.path.join(bcfg.results_dir, "methods.png"))
     print(md, flush=True)
+    return out
+
+
+PROBE_KEYS = ("q_success_auroc", "q_mc_spearman", "q_mc_pearson", "q_minus_mc_mean")
+
+
+def critic_probes(bcfg: ml_collections.ConfigDict, methods: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """method -> stage ("offline"/"online") -> PROBE_KEYS averaged over seeds (+ "seeds"), from each run's
+    probe.json (lwd_jax/learner/critic_probe.py): how well each method's critic ranks the offline data."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for method in methods:
+        per_stage: dict[str, list[dict[str, float]]] = {}
+        for seed in bcfg.seeds:
+            path = os.path.join(workdir(bcfg, seed, method), "probe.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    for stage, stats in json.load(f).items():
+                        per_stage.setdefault(stage, []).append(stats)
+        if per_stage:
+            out[method] = {stage: {"seeds": len(ss), **{k: float(np.nanmean([s.get(k, np.nan) for s in ss])) for k in PROBE_KEYS}}
+                           for stage, ss in per_stage.items()}
     return out
 
 
@@ -255,6 +277,16 @@ def markdown(out: dict[str, Any]) -> str:
     if len(abl) > 1:
         table("Ablations of LWD's offline stage: success rate", abl, "success_rate", 2, True)
         table("Ablations: step-wise score", abl, "stepwise_score", 2, False)
+    if out.get("critic_probe"):
+        lines.append("**Critic probe** (Q̄ of each method's target critic on 2,048 offline transitions vs their Monte-Carlo "
+                     "return; AUROC: successful vs failed episodes' transitions; mean over seeds)")
+        lines.append("")
+        lines.append("| method | stage | AUROC success | Spearman(Q̄, MC) | Pearson(Q̄, MC) | mean Q̄ − MC |")
+        lines.append("|---|---|---|---|---|---|")
+        for m, stages in out["critic_probe"].items():
+            for stage, s in stages.items():
+                lines.append(f"| {m} | {stage} | " + " | ".join(_fmt(s[k]) for k in PROBE_KEYS) + " |")
+        lines.append("")
     if out["seconds"]:
         lines.append("| run | runs | mean wall time per run (s) |")
         lines.append("|---|---|---|")

@@ -189,6 +189,8 @@ def test_benchmark_driver_end_to_end(smoke_dataset, tmp_path):
     b.extra = f"tasks={data_cfg.tasks}"
     out = benchmark.run_benchmark(b)
     assert list(out["rows"]) == ["SFT", "HG-DAgger", "QAM -> AWR flow"]
+    assert list(out["critic_probe"]) == ["QAM -> AWR flow"]  # HG-DAgger trains no critic
+    assert out["critic_probe"]["QAM -> AWR flow"]["offline"]["seeds"] == 1
     sft = benchmark.workdir(b, 0, "SFT")
     with open(os.path.join(benchmark.workdir(b, 0, "HG-DAgger"), "results.json")) as f:
         hg = json.load(f)
@@ -198,7 +200,7 @@ def test_benchmark_driver_end_to_end(smoke_dataset, tmp_path):
     for name in ("benchmark.json", "benchmark.md", "hg-dagger.png"):
         assert os.path.getsize(tmp_path / "results" / name) > 0
     md = (tmp_path / "results" / "benchmark.md").read_text()
-    assert "| SFT |" in md and "QAM -> AWR flow" in md
+    assert "| SFT |" in md and "QAM -> AWR flow" in md and "**Critic probe**" in md
     # a method's run must start from the SFT checkpoint: its BC flow equals SFT's
     cfg = benchmark.run_config(b, 0, "QAM -> AWR flow")
     assert cfg.init_from == sft and cfg.agent.extraction == "awr" and cfg.data.pretrain_data == "demos"
