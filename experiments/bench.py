@@ -119,7 +119,8 @@ def bench_methods(quick: bool, repeats: int) -> dict[str, Any]:
         agent = LWDAgent(cfg.agent)
         holder = {"state": agent.init(0, random_obs(np.random.default_rng(0), 2))}
         batches = jax.device_put(random_batches(0, cfg.updates_per_call, cfg.batch_size))
-        bc_learner = method == benchmark.SFT or cfg.online_learner == "hg_dagger"
+        bc_learner = (method == benchmark.SFT or cfg.online_learner == "hg_dagger"
+                      or (cfg.stage == "offline" and cfg.offline_steps == 0))  # BC references
         stage = "online" if cfg.stage == "all" else "offline"
 
         def step(agent=agent, holder=holder, batches=batches, bc_learner=bc_learner, stage=stage):  # bound now
@@ -133,12 +134,23 @@ def bench_methods(quick: bool, repeats: int) -> dict[str, Any]:
         jax.block_until_ready(step())
         compile_s = time.perf_counter() - t
         sec = _timeit(step, repeats) / cfg.updates_per_call
+        warmup = 0 if bc_learner else cfg.critic_warmup_steps
+        if warmup:  # the critic-only updates that precede the method's extraction
+
+            def critic_step(agent=agent, holder=holder, batches=batches):
+                holder["state"], m = agent.critic_update(holder["state"], batches)
+                return m
+
+            jax.block_until_ready(critic_step())
+            critic_sec = _timeit(critic_step, repeats) / cfg.updates_per_call
         online = cfg.stage == "all"
         row = {
             "update": "BC (flow matching)" if bc_learner else f"{cfg.agent.extraction} + {cfg.agent.divl.value_type} "
                       f"value, {cfg.agent.divl.critic_target} target ({stage})",
             "learner_updates_per_s": 1.0 / sec, "compile_s": compile_s, "batch": cfg.batch_size,
-            "pretrain_steps": cfg.pretrain_steps, "offline_steps": cfg.offline_steps if method != benchmark.SFT else 0,
+            "pretrain_steps": cfg.pretrain_steps, "critic_warmup_steps": warmup,
+            "critic_warmup_updates_per_s": 1.0 / critic_sec if warmup else None,
+            "offline_steps": cfg.offline_steps if method != benchmark.SFT else 0,
             "online_steps": cfg.online_steps if online else 0,
             "fleet_episodes": cfg.online.fleet_episodes if online else 0,
         }

@@ -35,8 +35,9 @@ TABLE_ROWS = (
     ("LWD offline", "LWD", "offline LWD"),
     ("LWD online", "LWD", "online LWD"),
 )
-ABLATION_ROWS = (("LWD offline", "LWD", "offline LWD"),) + tuple(
-    (m, m, "offline LWD") for m in bench_cfg.METHODS if bench_cfg.METHODS[m].get("stage") == "offline"
+ABLATION_ROWS = (("LWD offline", "LWD", "offline LWD"),) + tuple(  # a run without offline RL is a BC reference
+    (m, m, "BC pretrain" if spec.get("offline_steps") == 0 else "offline LWD")
+    for m, spec in bench_cfg.METHODS.items() if spec.get("stage") == "offline"
 )
 ONLINE_METHODS = ("HG-DAgger", "RECAP", "HIL-SERL/RLPD", "LWD")
 
@@ -68,7 +69,7 @@ def run_config(bcfg: ml_collections.ConfigDict, seed: int, method: str) -> ml_co
     flat = dict(bench_cfg.overrides(bcfg.variant))
     if method != SFT:
         flat.update(bench_cfg.METHODS[method])
-        flat["init_from"] = workdir(bcfg, seed, SFT)
+        flat.setdefault("init_from", workdir(bcfg, seed, SFT))  # "" in a method: it trains its own BC flow
     flat.update(parse_extra(bcfg.extra))
     if method == SFT:  # BC pretraining only, whatever `extra` says of the later stages
         flat.update({"stage": "offline", "critic_warmup_steps": 0, "offline_steps": 0, "online_steps": 0})
@@ -103,7 +104,7 @@ def run_benchmark(bcfg: ml_collections.ConfigDict) -> dict[str, Any]:
             done = os.path.join(cfg.workdir, "results.json")
             if os.path.exists(done):
                 continue
-            if method != SFT:  # the shared SFT evaluation: every run would otherwise repeat it
+            if cfg.init_from:  # the shared SFT evaluation: every run would otherwise repeat it
                 os.makedirs(os.path.join(cfg.workdir, "evals"), exist_ok=True)
                 src = os.path.join(workdir(bcfg, seed, SFT), "evals", "BC_pretrain.json")
                 shutil.copy(src, os.path.join(cfg.workdir, "evals", "BC_pretrain.json"))

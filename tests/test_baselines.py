@@ -185,10 +185,14 @@ def test_benchmark_driver_end_to_end(smoke_dataset, tmp_path):
     data_cfg, _ = smoke_dataset
     b = get_config("smoke")
     b.root, b.results_dir, b.offline_dir = str(tmp_path / "runs"), str(tmp_path / "results"), data_cfg.out_dir
-    b.methods = "HG-DAgger,QAM -> AWR flow"
+    b.methods = "HG-DAgger,QAM -> AWR flow,BC on all data"
     b.extra = f"tasks={data_cfg.tasks}"
     out = benchmark.run_benchmark(b)
-    assert list(out["rows"]) == ["SFT", "HG-DAgger", "QAM -> AWR flow"]
+    assert list(out["rows"]) == ["SFT", "HG-DAgger", "QAM -> AWR flow", "BC on all data"]
+    assert out["rows"]["BC on all data"]["evaluation"] == "BC pretrain"
+    ref = benchmark.run_config(b, 0, "BC on all data")  # trains its own BC flow on the whole mix
+    assert ref.init_from == "" and ref.data.pretrain_data == "all" and ref.offline_steps == 0
+    assert os.path.isdir(os.path.join(ref.workdir, "checkpoints", str(ref.pretrain_steps)))
     assert list(out["critic_probe"]) == ["QAM -> AWR flow"]  # HG-DAgger trains no critic
     assert out["critic_probe"]["QAM -> AWR flow"]["offline"]["seeds"] == 1
     sft = benchmark.workdir(b, 0, "SFT")

@@ -38,6 +38,10 @@ METHODS = {
     "DIVL -> expectile (IQL)": dict(stage="offline", **{"agent.divl.value_type": "expectile"}),
     "adaptive -> constant tau": dict(stage="offline", **{"agent.divl.tau_mode": "constant"}),
     "QAM -> AWR flow": dict(stage="offline", **{"agent.extraction": "awr"}),
+    # A reference, not a method: BC of the flow on the whole offline mix (noisy rollouts, exploration and
+    # corrections included) from scratch, the policy the data-refitting extractions (AWR, RECAP) move towards.
+    "BC on all data": dict(stage="offline", init_from="", critic_warmup_steps=0, offline_steps=0,
+                           **{"data.pretrain_data": "all"}),
     "n-step -> 1-step": dict(stage="offline", **{"data.n_chunks_offline_long": 1}),  # last: it re-reads the data
 }
 
