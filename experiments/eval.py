@@ -52,14 +52,15 @@ def report_stem(cfg: ml_collections.ConfigDict, tasks: list[str]) -> str:
     """`<out_dir>/<task|all>_<policy>[_teleop]` (several tasks: their names joined with '+')."""
     name = "all" if cfg.tasks == "all" else "+".join(tasks)
     out_dir = cfg.out_dir if cfg.out_dir is not None else os.path.join(cfg.run, "eval")
-    return os.path.join(out_dir, f"{name}_{cfg.policy}" + ("_teleop" if cfg.teleop else ""))
+    ind = "" if cfg.recap_indicator is None else f"_indicator{cfg.recap_indicator:+g}"
+    return os.path.join(out_dir, f"{name}_{cfg.policy}{ind}" + ("_teleop" if cfg.teleop else ""))
 
 
 # =============================================================================================== main
 def run(cfg: ml_collections.ConfigDict) -> dict:
     """Evaluates the configured checkpoint; writes the report files and returns the report dict."""
     tasks, episodes = check_config(cfg)
-    exported = export_policy(cfg.run, cfg.policy, cfg.step)
+    exported = export_policy(cfg.run, cfg.policy, cfg.step, cfg.recap_indicator)
     print(f"eval: {cfg.run} step {exported.step} ({exported.phase or 'unknown phase'}), {cfg.policy} policy; "
           f"{sum(episodes.values())} episodes over {len(tasks)} task(s), {cfg.workers} worker(s), "
           f"teleop {'on' if cfg.teleop else 'off'}", flush=True)
@@ -69,7 +70,8 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
     )
     stem = report_stem(cfg, tasks)
     report = evaluation.write_report(
-        results, stem, seed=cfg.seed, policy={"run": cfg.run, **exported.info()}, teleop=cfg.teleop
+        results, stem, seed=cfg.seed, policy={"run": cfg.run, **exported.info(), "recap_indicator": cfg.recap_indicator},
+        teleop=cfg.teleop,
     )
     with open(stem + ".md") as f:
         print(f.read(), flush=True)

@@ -163,19 +163,20 @@ class LWDAgent:
     def policy_velocity(self, params: dict[str, Any]):
         """The fine-tuned field v_theta with params bound (v_beta + delta when residual).
 
-        RECAP acts with its advantage indicator set to "positive" (the conditioning is part of the policy).
+        RECAP acts with its advantage indicator set to "positive" (the conditioning is part of the policy);
+        `extract.recap_act_indicator` 0 (dropped) or -1 (negative) are for diagnosis (experiments/eval.py).
         """
         v_ref = self._velocity(self.base_net, params["base_ref"])
         v = qam.fine_velocity(self._apply(self.actor_net), params["actor"], v_ref, self.qam_cfg.residual)
         if self.extraction != "recap":
             return v
-        scale = self.ext_cfg.recap_cond_scale
+        scale, indicator = self.ext_cfg.recap_cond_scale, self.ext_cfg.recap_act_indicator
 
-        def positive(obs, x, t):
+        def conditioned(obs, x, t):
             b = jax.tree.leaves(obs)[0].shape[0]
-            return v(extraction.condition_obs(obs, jnp.ones((b,), jnp.float32), scale), x, t)
+            return v(extraction.condition_obs(obs, jnp.full((b,), indicator, jnp.float32), scale), x, t)
 
-        return positive
+        return conditioned
 
     # ------------------------------------------------------------------------------ pure updates
     @staticmethod

@@ -211,3 +211,25 @@ def test_benchmark_driver_end_to_end(smoke_dataset, tmp_path):
     with pytest.raises(ValueError, match="no such field"):
         b.extra = "agent.nonsense=1"
         benchmark.run_config(b, 0, "LWD")
+
+
+def test_recap_policy_acts_with_the_configured_indicator():
+    """+1 (as deployed) and the diagnostic 0 / -1 give three different policies; 0 is the plain actor."""
+    from lwd_jax import sharding as shd
+    from lwd_jax.agent import LWDAgent
+    from tests.agent_fixtures import random_obs, smoke_agent_config
+
+    obs = random_obs(np.random.default_rng(0), 4)
+    x, t = jnp.zeros((4, 5, 5)), jnp.full((4,), 0.5)
+    outs = {}
+    for ind in (1.0, 0.0, -1.0):
+        cfg = smoke_agent_config()
+        cfg.extraction, cfg.extract.recap_act_indicator = "recap", ind
+        agent = LWDAgent(cfg, shd.make_mesh(devices=jax.devices()[:1]))
+        params = agent.init(0, obs).params
+        outs[ind] = np.asarray(agent.policy_velocity(params)(obs, x, t))
+    plain = np.asarray(agent.actor_net.apply(params["actor"], obs, x, t))
+    np.testing.assert_allclose(outs[0.0], plain, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(outs[1.0], outs[0.0]) and not np.allclose(outs[-1.0], outs[0.0])
+    with pytest.raises(ValueError, match="recap_act_indicator"):
+        ExtractionConfig(recap_act_indicator=0.5)

@@ -179,6 +179,14 @@ def tiny_run(tmp_path_factory):
     return workdir, jax.device_get(state)
 
 
+def test_recap_indicator_needs_a_recap_run(tiny_run):
+    from lwd_jax.learner.export import export_policy
+
+    workdir, _ = tiny_run
+    with pytest.raises(ValueError, match="recap_indicator needs the policy of a RECAP run"):
+        export_policy(workdir, "policy", recap_indicator=0.0)
+
+
 def test_export_blob_matches_checkpoint(tiny_run):
     from lwd_jax.agent import policy_params
     from lwd_jax.learner.export import export_policy

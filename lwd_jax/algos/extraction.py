@@ -38,12 +38,15 @@ class ExtractionConfig:
     recap_threshold: float = 0.0  # A > threshold -> "positive" (pi0.6 picks it per task; 0 = better than V)
     recap_drop_prob: float = 0.3  # the indicator is dropped (unconditioned) this often, as in pi0.6
     recap_cond_scale: float = 1.0  # length of the indicator's direction added to the unit-norm lang embedding
+    recap_act_indicator: float = 1.0  # the indicator the policy acts with: +1 (RECAP); 0 / -1 only to diagnose
     q_grad_bc_weight: float = 1.0  # alpha of the flow-BC term beside -Q / mean|Q| (TD3+BC-style scaling)
 
     def __post_init__(self):
         if self.awr_temperature < 0 or self.awr_max_weight <= 0:
             raise ValueError(f"ExtractionConfig: awr_temperature >= 0 and awr_max_weight > 0 expected, got "
                              f"{self.awr_temperature}, {self.awr_max_weight}")
+        if self.recap_act_indicator not in (-1.0, 0.0, 1.0):
+            raise ValueError(f"ExtractionConfig.recap_act_indicator: expected -1, 0 or 1, got {self.recap_act_indicator}")
         if not 0.0 <= self.recap_drop_prob < 1.0:
             raise ValueError(f"ExtractionConfig.recap_drop_prob: expected in [0, 1), got {self.recap_drop_prob}")
         if self.q_grad_bc_weight < 0:

@@ -89,8 +89,13 @@ def _read_meta(ckpt: Checkpointer, step: int) -> dict[str, Any]:
         ) from e
 
 
-def export_policy(workdir: str, kind: str = "policy", step: int | None = None) -> ExportedPolicy:
-    """Restores `<workdir>/checkpoints` (step: None = latest) and packs the acting params of `kind` as a blob."""
+def export_policy(workdir: str, kind: str = "policy", step: int | None = None,
+                  recap_indicator: float | None = None) -> ExportedPolicy:
+    """Restores `<workdir>/checkpoints` (step: None = latest) and packs the acting params of `kind` as a blob.
+
+    `recap_indicator` (-1, 0 or 1; None: as trained, i.e. +1): the advantage indicator a RECAP policy acts with,
+    to see what the conditioning does (a RECAP run only: any other run's policy has no indicator).
+    """
     from lwd_jax.agent import LWDAgent, policy_params  # local: the agent pulls in the nets and optimizers
 
     if kind not in KINDS:
@@ -111,6 +116,12 @@ def export_policy(workdir: str, kind: str = "policy", step: int | None = None) -
         if "config" not in meta:
             raise ValueError(f"export: the meta record of step {step} under {directory} has no 'config' field")
         cfg = ml_collections.ConfigDict(json.loads(meta["config"]))
+        if recap_indicator is not None:
+            if kind != "policy" or cfg.agent.get("extraction", "qam") != "recap":
+                raise ValueError(f"export: recap_indicator needs the policy of a RECAP run; {workdir} has extraction "
+                                 f"{cfg.agent.get('extraction', 'qam')!r} (kind {kind!r})")
+            with cfg.unlocked():
+                cfg.agent.extract.recap_act_indicator = float(recap_indicator)
         agent = LWDAgent(cfg.agent, mesh=None)
         try:
             state, _, _ = ckpt.restore(agent.abstract_state(example_obs(cfg.agent)), step)

@@ -31,6 +31,8 @@ def get_config(tasks: str, episodes: int) -> ml_collections.ConfigDict:
     c.workers = 2  # episode worker processes
     c.teleop = False  # True: the simulated teleoperator watches every episode (reports its intervention rate)
     c.out_dir = config_dict.placeholder(str)  # None = <run>/eval
+    # A RECAP run only: act with the advantage indicator -1 / 0 (dropped) / 1 instead of the trained +1.
+    c.recap_indicator = config_dict.placeholder(float)
     c.lock()
     return c
 
