@@ -41,6 +41,7 @@ STAGES = ("offline", "online", "all")
 PRETRAIN_DATA = ("all", "demos")
 _OFFLINE_CACHE: dict[tuple, tuple] = {}  # (settings) -> (instruction table, offline buffer, pretrain buffer)
 ONLINE_LEARNERS = ("rl", "hg_dagger")
+ONLINE_MIXES = ("fixed", "proportional")
 
 
 # ============================================================================================= config
@@ -69,6 +70,8 @@ def check_config(cfg: ml_collections.ConfigDict) -> list[str]:
         raise ValueError(f"config.agent.action_dim: the manipspace suite has 5-d actions, got {cfg.agent.action_dim}")
     if cfg.data.pretrain_data not in PRETRAIN_DATA:
         raise ValueError(f"config.data.pretrain_data: expected one of {PRETRAIN_DATA}, got {cfg.data.pretrain_data!r}")
+    if cfg.data.online_mix not in ONLINE_MIXES:
+        raise ValueError(f"config.data.online_mix: expected one of {ONLINE_MIXES}, got {cfg.data.online_mix!r}")
     if cfg.online_learner not in ONLINE_LEARNERS:
         raise ValueError(f"config.online_learner: expected one of {ONLINE_LEARNERS}, got {cfg.online_learner!r}")
     if cfg.init_from and not os.path.isdir(os.path.join(cfg.init_from, "checkpoints")):

@@ -233,3 +233,17 @@ def test_recap_policy_acts_with_the_configured_indicator():
     assert not np.allclose(outs[1.0], outs[0.0]) and not np.allclose(outs[-1.0], outs[0.0])
     with pytest.raises(ValueError, match="recap_act_indicator"):
         ExtractionConfig(recap_act_indicator=0.5)
+
+
+def test_online_mix_fixed_or_proportional():
+    from experiments.configs.multitask import get_config
+    from experiments.train import check_config
+    from lwd_jax.learner.online import online_fraction
+
+    cfg = get_config("smoke")
+    assert online_fraction(cfg, 900, 100) == cfg.data.online_fraction == 0.5  # the paper's ~1:1, whatever the sizes
+    cfg.data.online_mix = "proportional"  # HG-DAgger: the aggregate D ∪ D_human, every transition equally likely
+    assert online_fraction(cfg, 900, 100) == pytest.approx(0.1) and online_fraction(cfg, 0, 0) == 0.0
+    cfg.data.online_mix = "weighted"
+    with pytest.raises(ValueError, match="config.data.online_mix"):
+        check_config(cfg)

@@ -29,7 +29,9 @@ TASKS = (
 # Evaluations: "offline" (after offline RL), "online" (after the fleet stage); the SFT row is the
 # pretrain run's "BC pretrain" evaluation.
 METHODS = {
-    "HG-DAgger": dict(stage="all", critic_warmup_steps=0, offline_steps=0, online_learner="hg_dagger"),
+    # HG-DAgger aggregates the human segments with the demos and retrains on the union, sampled uniformly
+    "HG-DAgger": dict(stage="all", critic_warmup_steps=0, offline_steps=0, online_learner="hg_dagger",
+                      **{"data.online_mix": "proportional"}),
     "RECAP": dict(stage="all", **{"agent.extraction": "recap", "eval.offline": False}),
     "HIL-SERL/RLPD": dict(stage="all", **{"agent.extraction": "q_grad", "agent.divl.critic_target": "policy",
                                           "agent.divl.value_type": "expectile", "eval.offline": False}),

@@ -110,6 +110,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.data.stride = 1
     c.data.task_balanced = True
     c.data.online_fraction = 0.5  # paper: offline:online about 1:1
+    # "fixed": online_fraction of every batch from the fleet buffer | "proportional": every stored transition
+    # equally likely, offline or fleet (DAgger's dataset aggregation: HG-DAgger retrains on D ∪ D_human)
+    c.data.online_mix = "fixed"
     c.data.online_capacity = 1_000_000
 
     c.agent = get_agent_config()

@@ -124,7 +124,8 @@ def run_online(
             want = _paced_episodes(oc.fleet_episodes, step + u - start, total_steps - start)
             _wait_for_episodes(store, fleet, want, oc.warmup_timeout_s)
             rng = np.random.default_rng([cfg.seed, step, 1])
-            cols = store.sample(rng, offline, cfg.batch_size * u, cfg.data.online_fraction, cfg.data.task_balanced)
+            cols = store.sample(rng, offline, cfg.batch_size * u, online_fraction(cfg, len(offline), store.num_transitions()),
+                                cfg.data.task_balanced)
             batches = batching.stack(batching.agent_batch(cols, stats, table), u)
             if hg_dagger:
                 state, metrics = agent.pretrain_update(state, batches)
@@ -161,6 +162,14 @@ def run_online(
     print(f"online: {len(report.fleet_episodes)} fleet episodes accepted, {len(versions)} versions published, "
           f"{report.seconds / 60:.1f} min; still spooled on robots: {report.spooled_left}", flush=True)
     return state, report
+
+
+def online_fraction(cfg: ml_collections.ConfigDict, n_offline: int, n_online: int) -> float:
+    """The fleet buffer's share of a batch: `data.online_fraction`, or its share of all stored transitions
+    when `data.online_mix` is "proportional" (the aggregate sampled uniformly, as DAgger retrains)."""
+    if cfg.data.online_mix == "proportional":
+        return n_online / max(n_offline + n_online, 1)
+    return float(cfg.data.online_fraction)
 
 
 def _paced_episodes(fleet_episodes: int, updates_after: int, updates_total: int) -> int:
