@@ -315,8 +315,10 @@ class LWDAgent:
         if self.extraction in ("awr", "recap"):
             q = divl.target_q(critic_apply, p["critic_target"], obs, actions, dcfg.target_agg)
             adv = q - divl.mean_value(value_apply, p["value"], obs, dcfg)
-            loss = extraction.awr_flow_loss if self.extraction == "awr" else extraction.recap_loss
-            return lambda ap: loss(apply, ap, obs, actions, adv, rng, valid, ecfg)
+            if self.extraction == "awr":
+                return lambda ap: extraction.awr_flow_loss(apply, ap, obs, actions, adv, rng, valid, ecfg)
+            human = batch["intervention"]
+            return lambda ap: extraction.recap_loss(apply, ap, obs, actions, adv, rng, valid, ecfg, human)
         r_bc, r_pi = jax.random.split(rng)  # q_grad: max Q through the sampler + flow BC
 
         def q_grad(ap):

@@ -77,6 +77,11 @@ def test_recap_indicator_labels_and_drops():
     kept = cond != 0
     assert abs(float(jnp.mean(~kept)) - 0.3) < 0.05
     np.testing.assert_array_equal(np.asarray(cond[kept]), np.where(np.asarray(adv[kept]) > 0, 1.0, -1.0))
+    human = jnp.arange(2000) % 2 == 0  # human-driven chunks are positive whatever their advantage (pi0.6)
+    cond = extraction.recap_indicator(adv, jax.random.PRNGKey(0), ExtractionConfig(recap_drop_prob=0.0), human)
+    np.testing.assert_array_equal(np.asarray(cond), np.where(np.asarray(human | (adv > 0)), 1.0, -1.0))
+    off = extraction.recap_indicator(adv, jax.random.PRNGKey(0), ExtractionConfig(recap_drop_prob=0.0, recap_human_positive=False), human)
+    np.testing.assert_array_equal(np.asarray(off), np.where(np.asarray(adv) > 0, 1.0, -1.0))
 
 
 def test_awr_flow_tilts_towards_the_better_mode():

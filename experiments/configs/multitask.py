@@ -65,7 +65,7 @@ def get_agent_config() -> ml_collections.ConfigDict:
     a.extraction = "qam"
     a.extract = ml_collections.ConfigDict(
         dict(awr_temperature=10.0, awr_max_weight=100.0, recap_threshold=0.0, recap_drop_prob=0.3,
-             recap_cond_scale=1.0, recap_act_indicator=1.0, q_grad_bc_weight=1.0)
+             recap_human_positive=True, recap_cond_scale=1.0, recap_act_indicator=1.0, q_grad_bc_weight=1.0)
     )
     a.qam = ml_collections.ConfigDict(
         dict(

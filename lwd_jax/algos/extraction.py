@@ -37,6 +37,7 @@ class ExtractionConfig:
     awr_max_weight: float = 100.0  # IQL's clip of the exponentiated advantage
     recap_threshold: float = 0.0  # A > threshold -> "positive" (pi0.6 picks it per task; 0 = better than V)
     recap_drop_prob: float = 0.3  # the indicator is dropped (unconditioned) this often, as in pi0.6
+    recap_human_positive: bool = True  # pi0.6: human corrections are always labelled positive
     recap_cond_scale: float = 1.0  # length of the indicator's direction added to the unit-norm lang embedding
     recap_act_indicator: float = 1.0  # the indicator the policy acts with: +1 (RECAP); 0 / -1 only to diagnose
     q_grad_bc_weight: float = 1.0  # alpha of the flow-BC term beside -Q / mean|Q| (TD3+BC-style scaling)
@@ -98,16 +99,21 @@ def condition_obs(obs: Obs, cond: jax.Array, scale: float) -> Obs:
     return dict(obs, **{COND_KEY: lang + shift})
 
 
-def recap_indicator(advantage: jax.Array, rng: jax.Array, cfg: ExtractionConfig) -> jax.Array:
-    """cond [B]: +1 where A > threshold, else -1; 0 (unconditioned) with probability `recap_drop_prob`."""
-    label = jnp.where(advantage > cfg.recap_threshold, 1.0, -1.0)
+def recap_indicator(advantage: jax.Array, rng: jax.Array, cfg: ExtractionConfig,
+                    human: jax.Array | None = None) -> jax.Array:
+    """cond [B]: +1 where A > threshold (or the chunk is human-driven, `human` [B], with recap_human_positive),
+    else -1; 0 (unconditioned) with probability `recap_drop_prob`."""
+    positive = advantage > cfg.recap_threshold
+    if human is not None and cfg.recap_human_positive:
+        positive = positive | human.astype(bool)
+    label = jnp.where(positive, 1.0, -1.0)
     keep = jax.random.uniform(rng, advantage.shape) >= cfg.recap_drop_prob
     return jax.lax.stop_gradient(jnp.where(keep, label, 0.0))
 
 
 def recap_loss(
     apply_fn: VelocityApply, params: Params, obs: Obs, actions: jax.Array, advantage: jax.Array, rng: jax.Array,
-    action_valid: jax.Array, cfg: ExtractionConfig,
+    action_valid: jax.Array, cfg: ExtractionConfig, human: jax.Array | None = None,
 ) -> tuple[jax.Array, Info]:
     """Flow matching of the advantage-conditioned policy pi(a | s, I) on every data action (no weights).
 
@@ -115,7 +121,7 @@ def recap_loss(
     data's better-than-V actions: on a two-mode toy it picks the better mode (tests/test_baselines.py).
     """
     r_cond, r_fm = jax.random.split(rng)
-    cond = recap_indicator(advantage, r_cond, cfg)
+    cond = recap_indicator(advantage, r_cond, cfg, human)
     loss, info = flow_matching_loss(apply_fn, params, condition_obs(obs, cond, cfg.recap_cond_scale), actions, r_fm,
                                     action_valid)
     return loss, {**info, "recap_loss": loss, "recap_positive_frac": jnp.mean(cond > 0),
