@@ -11,7 +11,7 @@ row), then every method starting from that checkpoint (`init_from`), then writes
 The data is the 5x offline dataset (`make benchmark` generates `data/offline_large` with data.py:large: 50
 demos, 40 noisy rollouts, 30 exploration and 10 corrected episodes per task). Why: with the default 10 demos per
 task and 3,000 BC updates the SFT policy stayed near 0.2 average success (measured), a floor under which no
-method's differences show; 50 demos and 30,000 updates give it 0.44 with room above (README, Baselines).
+method's differences show; 50 demos and 30,000 updates give it 0.50 (3 seeds) with room above (README, Baselines).
 """
 
 from __future__ import annotations
