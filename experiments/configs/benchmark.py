@@ -53,9 +53,9 @@ BASE = {
     "tasks": TASKS,
     "data.pretrain_data": "demos",  # SFT = flow-matching BC on the demonstrations only
     "batch_size": 128,
-    "pretrain_steps": 30_000,  # BC: ~135 updates/s here, the SFT run is ~3 min with its evaluation
+    "pretrain_steps": 30_000,  # BC: 270 updates/s (make bench); the SFT run is ~2 min with its evaluation
     # Critic-only updates before each RL method's extraction (~100/s): the critic probe's AUROC of successful
-    # vs failed episodes' transitions is 0.72 after 500 joint updates and 0.93 after 3,000 warm-up ones.
+    # vs failed episodes' transitions is 0.72 after 500 critic updates (the old offline budget), 0.93 after 3,000.
     "critic_warmup_steps": 3000,
     "offline_steps": 1000,
     "online_steps": 300,
