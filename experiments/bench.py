@@ -119,8 +119,7 @@ def bench_methods(quick: bool, repeats: int) -> dict[str, Any]:
         agent = LWDAgent(cfg.agent)
         holder = {"state": agent.init(0, random_obs(np.random.default_rng(0), 2))}
         batches = jax.device_put(random_batches(0, cfg.updates_per_call, cfg.batch_size))
-        bc_learner = (method == benchmark.SFT or cfg.online_learner == "hg_dagger"
-                      or (cfg.stage == "offline" and cfg.offline_steps == 0))  # BC references
+        bc_learner = method == benchmark.SFT or cfg.online_learner == "hg_dagger" or benchmark.is_bc_reference(method)
         stage = "online" if cfg.stage == "all" else "offline"
 
         def step(agent=agent, holder=holder, batches=batches, bc_learner=bc_learner, stage=stage):  # bound now

@@ -35,8 +35,16 @@ TABLE_ROWS = (
     ("LWD offline", "LWD", "offline LWD"),
     ("LWD online", "LWD", "online LWD"),
 )
-ABLATION_ROWS = (("LWD offline", "LWD", "offline LWD"),) + tuple(  # a run without offline RL is a BC reference
-    (m, m, "BC pretrain" if spec.get("offline_steps") == 0 else "offline LWD")
+
+
+def is_bc_reference(method: str) -> bool:
+    """A method whose run stops after BC pretraining (no offline RL): its row is its own "BC pretrain" evaluation."""
+    spec = bench_cfg.METHODS.get(method, {})
+    return spec.get("stage") == "offline" and spec.get("offline_steps") == 0
+
+
+ABLATION_ROWS = (("LWD offline", "LWD", "offline LWD"),) + tuple(
+    (m, m, "BC pretrain" if is_bc_reference(m) else "offline LWD")
     for m, spec in bench_cfg.METHODS.items() if spec.get("stage") == "offline"
 )
 ONLINE_METHODS = ("HG-DAgger", "RECAP", "HIL-SERL/RLPD", "LWD")
