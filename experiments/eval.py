@@ -15,14 +15,13 @@ import os
 import time
 
 import ml_collections
-from absl import app
-from absl import logging as absl_logging
-from ml_collections import config_flags
 
-from lwd_jax.learner import evaluation
+from experiments.cli import config_main
+from experiments.configs.eval.common import episodes_for
+from lwd_jax.learner import eval_report, evaluation
 from lwd_jax.learner.export import export_policy
 from lwd_jax.policy import KINDS
-from lwd_jax.sim.tasks import task_names
+from lwd_jax.sim.tasks import parse_tasks, task_names
 
 
 # ============================================================================================= config
@@ -30,11 +29,7 @@ def check_config(cfg: ml_collections.ConfigDict) -> tuple[list[str], dict[str, i
     """Validates values; returns the tasks and each task's episode count. Errors name the key."""
     if cfg.policy not in KINDS:
         raise ValueError(f"config.policy: expected one of {KINDS}, got {cfg.policy!r}")
-    known = task_names()
-    tasks = known if cfg.tasks == "all" else [t.strip() for t in cfg.tasks.split(",") if t.strip()]
-    unknown = [t for t in tasks if t not in known]
-    if unknown or not tasks:
-        raise ValueError(f"config.tasks: unknown task(s) {unknown or cfg.tasks!r} (known: {known})")
+    tasks = parse_tasks(cfg.tasks)
     if cfg.episodes < 0:
         raise ValueError(f"config.episodes: expected >= 0 (0: each task's own count), got {cfg.episodes}")
     if cfg.workers < 1:
@@ -43,7 +38,6 @@ def check_config(cfg: ml_collections.ConfigDict) -> tuple[list[str], dict[str, i
         raise ValueError(f"config.step: expected a saved step >= 0 or None (latest), got {cfg.step}")
     if cfg.episodes:
         return tasks, {t: int(cfg.episodes) for t in tasks}
-    from experiments.configs.eval.common import episodes_for
 
     return tasks, {t: episodes_for(t) for t in tasks}
 
@@ -69,7 +63,7 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
         exported.blob, tasks, episodes, cfg.seed, cfg.workers, all_tasks=task_names(), teleop=cfg.teleop
     )
     stem = report_stem(cfg, tasks)
-    report = evaluation.write_report(
+    report = eval_report.write_report(
         results, stem, seed=cfg.seed, policy={"run": cfg.run, **exported.info(), "recap_indicator": cfg.recap_indicator},
         teleop=cfg.teleop,
     )
@@ -80,14 +74,7 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
 
 
 def main() -> None:
-    """CLI: flags are defined here, not at import, so tests can import this module beside other entry points."""
-    config = config_flags.DEFINE_config_file("config", "experiments/configs/eval/all.py", "evaluation config")
-
-    def main_(_argv: list[str]) -> None:
-        absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every restore at INFO
-        run(config.value)
-
-    app.run(main_)
+    config_main("experiments/configs/eval/all.py", "evaluation config", run)
 
 
 if __name__ == "__main__":

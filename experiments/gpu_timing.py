@@ -15,7 +15,7 @@ import numpy as np
 sys.path.insert(0, ".")
 from experiments.configs.multitask import get_config  # noqa: E402
 from lwd_jax.agent import LWDAgent  # noqa: E402
-from tests.agent_fixtures import random_batches, random_obs  # noqa: E402
+from lwd_jax.fake import random_batches, random_obs  # noqa: E402
 
 out = {"devices": [str(d) for d in jax.devices()], "jax": jax.__version__}
 for dt in (jnp.float32, jnp.bfloat16):

@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
+from lwd_jax import methods
 from lwd_jax import sharding as shd
 from lwd_jax.algos import bc, divl, extraction, qam
 from lwd_jax.algos.common import ema_update
@@ -61,13 +61,6 @@ def _encoder(cfg: ml_collections.ConfigDict) -> ObsEncoder:
     )
 
 
-def divl_config(cfg: ml_collections.ConfigDict, stage: str) -> divl.DIVLConfig:
-    """DIVL settings of one stage: the paper uses tau_base 0.6 offline and 0.9 online."""
-    d = dict(cfg.divl)
-    online, offline = d.pop("tau_base_online"), d.pop("tau_base_offline")
-    return divl.DIVLConfig(**d, tau_base=online if stage == "online" else offline)
-
-
 class LWDAgent:
     """Builds the nets and optimizers from `config.agent` and the jitted pure functions over a mesh."""
 
@@ -89,14 +82,15 @@ class LWDAgent:
             else ScalarValue(tuple(cfg.value_hidden), cfg.activation)
         )
         self.value_net = EncodedNet(_encoder(cfg), value_head)
+        self.divl_cfg = divl.DIVLConfig(**dict(cfg.divl))
         self.qam_cfg = qam.QAMConfig(**dict(cfg.qam))
         self.flow_cfg = self.qam_cfg.flow
-        self.extraction = cfg.get("extraction", "qam")  # blobs written before the baselines carry no field
-        if self.extraction not in extraction.EXTRACTIONS:
-            raise ValueError(f"config.agent.extraction: expected one of {extraction.EXTRACTIONS}, got {self.extraction!r}")
-        self.ext_cfg = extraction.ExtractionConfig(**dict(cfg.get("extract", {})))
-        if self.extraction != "qam" and cfg.qam.residual:
-            raise ValueError(f"config.agent.qam.residual: only QAM has a residual field; extraction is {self.extraction!r}")
+        self.extraction_name = cfg.extraction
+        self.extraction = methods.get_extraction(cfg.extraction)
+        if cfg.qam.residual and not self.extraction.residual:
+            raise ValueError(f"config.agent.qam.residual: extraction {cfg.extraction!r} has no residual field")
+        self.nets = methods.Nets(self.actor_net, self.base_net, self.critic_net, self.value_net, self.action_shape,
+                                 self.qam_cfg, extraction.ExtractionConfig(**dict(cfg.baselines)))
 
         def opt(lr: float) -> optax.GradientTransformation:
             return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adam(lr))
@@ -154,29 +148,12 @@ class LWDAgent:
         return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shard)
 
     # ----------------------------------------------------------------------------- apply helpers
-    def _velocity(self, net: EncodedNet, params: Any):
-        return lambda obs, x, t: net.apply(params, obs, x, t)
-
-    def _apply(self, net: EncodedNet):
-        return lambda params, *args: net.apply(params, *args)
-
     def policy_velocity(self, params: dict[str, Any]):
-        """The fine-tuned field v_theta with params bound (v_beta + delta when residual).
-
-        RECAP acts with its advantage indicator set to "positive" (the conditioning is part of the policy);
-        `extract.recap_act_indicator` 0 (dropped) or -1 (negative) are for diagnosis (experiments/eval.py).
-        """
-        v_ref = self._velocity(self.base_net, params["base_ref"])
-        v = qam.fine_velocity(self._apply(self.actor_net), params["actor"], v_ref, self.qam_cfg.residual)
-        if self.extraction != "recap":
-            return v
-        scale, indicator = self.ext_cfg.recap_cond_scale, self.ext_cfg.recap_act_indicator
-
-        def conditioned(obs, x, t):
-            b = jax.tree.leaves(obs)[0].shape[0]
-            return v(extraction.condition_obs(obs, jnp.full((b,), indicator, jnp.float32), scale), x, t)
-
-        return conditioned
+        """The field the policy acts with: v_theta with params bound (v_beta + delta when residual), through
+        the extraction's acting hook (RECAP conditions it on its advantage indicator)."""
+        v_ref = methods.Nets.bound(self.base_net, params["base_ref"])
+        v = qam.fine_velocity(methods.Nets.apply(self.actor_net), params["actor"], v_ref, self.qam_cfg.residual)
+        return self.extraction.act(self.nets, v)
 
     # ------------------------------------------------------------------------------ pure updates
     @staticmethod
@@ -191,7 +168,7 @@ class LWDAgent:
 
         def loss_fn(bp):
             return bc.flow_matching_loss(
-                self._apply(self.base_net), bp, batch["observations"], batch["actions"], rng, batch["action_valid"]
+                methods.Nets.apply(self.base_net), bp, batch["observations"], batch["actions"], rng, batch["action_valid"]
             )
 
         (loss, info), grads = jax.value_and_grad(loss_fn, has_aux=True)(p["base"])
@@ -205,11 +182,12 @@ class LWDAgent:
     def _critic_part(self, p: dict[str, Any], o: dict[str, Any], batch: Batch, dcfg: divl.DIVLConfig,
                      rng: jax.Array) -> Metrics:
         """Steps 1-4 of an update, in place on the dicts `p` (params) and `o` (optimizer states)."""
-        critic_apply, value_apply = self._apply(self.critic_net), self._apply(self.value_net)
+        critic_apply, value_apply = methods.Nets.apply(self.critic_net), methods.Nets.apply(self.value_net)
+        target = methods.get_critic_target(dcfg.critic_target)
         metrics: Metrics = {}
 
-        # 1. value distribution psi on data actions (not learned by the value-free RLPD-style baseline)
-        if dcfg.critic_target == "divl" or self.extraction in ("awr", "recap"):
+        # 1. value distribution psi on data actions (not learned when neither the target nor the extraction reads it)
+        if target.needs_value or self.extraction.needs_value:
             (_, vinfo), g = jax.value_and_grad(
                 lambda vp: divl.value_loss(value_apply, vp, critic_apply, p["critic_target"], batch, dcfg), has_aux=True
             )(p["value"])
@@ -217,12 +195,7 @@ class LWDAgent:
             metrics.update(vinfo)
 
         # 2. TD target from the updated psi (or the policy-action target of the QAM reference)
-        if dcfg.critic_target == "divl":
-            y, tinfo = divl.divl_target(value_apply, p["value"], batch, dcfg)
-        else:
-            nobs = batch["next_observations"]
-            a_next = qam.sample_actions(self.policy_velocity(p), nobs, rng, self.action_shape, self.qam_cfg)
-            y, tinfo = divl.policy_action_target(critic_apply, p["critic_target"], batch, a_next, dcfg.rho)
+        y, tinfo = target.target(self.nets, p, self.policy_velocity, batch, dcfg, rng)
         metrics.update(tinfo)
 
         # 3. critic phi, 4. target EMA
@@ -243,43 +216,21 @@ class LWDAgent:
         """
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         p, o = dict(state.params), dict(state.opt_state)
-        metrics = self._critic_part(p, o, batch, divl_config(self.cfg, stage), jax.random.split(rng, 3)[2])
+        metrics = self._critic_part(p, o, batch, self.divl_cfg.at_stage(stage), jax.random.split(rng, 3)[2])
         return state.replace(step=state.step + 1, params=p, opt_state=o), metrics
 
     def _rl_step(self, state: AgentState, batch: Batch, stage: str) -> tuple[AgentState, Metrics]:
         """One full DIVL + QAM update (same losses offline and online; `stage` picks tau_base and freezing)."""
         cfg = self.cfg
-        dcfg = divl_config(cfg, stage)
+        dcfg = self.divl_cfg.at_stage(stage)
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         r_qam, r_bc, r_next = jax.random.split(rng, 3)
         p, o = dict(state.params), dict(state.opt_state)
         obs = batch["observations"]
         metrics = self._critic_part(p, o, batch, dcfg, r_next)
 
-        # 5. QAM policy extraction against the reference base flow. Each net encodes the observation
-        # once (not once per flow step): the algos see an obs pytree of per-net features, and each bound
-        # field picks its own. The actor's features are computed inside the loss so its encoder learns.
-        q_params = p["critic_target"] if self.qam_cfg.adjoint_critic == "target" else p["critic"]
-        feats = {
-            "base": jax.lax.stop_gradient(self.base_net.apply(p["base_ref"], obs, method=EncodedNet.encode)),
-            "critic": jax.lax.stop_gradient(self.critic_net.apply(q_params, obs, method=EncodedNet.encode)),
-        }
-
-        def v_ref(f, x, t):
-            return self.base_net.apply(p["base_ref"], f["base"], x, t, method=EncodedNet.from_features)
-
-        def q_fn(f, a):
-            return self.critic_net.apply(q_params, f["critic"], a, method=EncodedNet.from_features)
-
-        def am_loss(ap):
-            f = dict(feats, actor=self.actor_net.apply(ap, obs, method=EncodedNet.encode))
-
-            def fine_apply(_, f_, x, t):  # params are bound above so the encoder's gradient is kept
-                return self.actor_net.apply(ap, f_["actor"], x, t, method=EncodedNet.from_features)
-
-            return qam.adjoint_matching_loss(fine_apply, ap, v_ref, q_fn, f, r_qam, self.action_shape, self.qam_cfg)
-
-        actor_loss = am_loss if self.extraction == "qam" else self._baseline_actor_loss(p, batch, r_qam, dcfg)
+        # 5. policy extraction (the registry entry's actor loss: QAM for LWD)
+        actor_loss = self.extraction.actor_loss(self.nets, p, batch, r_qam, dcfg)
         (_, ainfo), g = jax.value_and_grad(actor_loss, has_aux=True)(p["actor"])
         if stage == "online" and cfg.freeze_encoder_online:  # LWD: the VL backbone is frozen online
             g = dict(g, params=dict(g["params"], encoder=jax.tree.map(jnp.zeros_like, g["params"]["encoder"])))
@@ -294,7 +245,7 @@ class LWDAgent:
             )
             (_, binfo), g = jax.value_and_grad(
                 lambda bp: bc.flow_matching_loss(
-                    self._apply(self.base_net), bp, obs, batch["actions"], r_bc, w
+                    methods.Nets.apply(self.base_net), bp, obs, batch["actions"], r_bc, w
                 ),
                 has_aux=True,
             )(p["base"])
@@ -306,52 +257,18 @@ class LWDAgent:
                 p["base_ref"] = p["base"]
         return state.replace(step=state.step + 1, params=p, opt_state=o), metrics
 
-    def _baseline_actor_loss(self, p: dict[str, Any], batch: Batch, rng: jax.Array, dcfg: divl.DIVLConfig):
-        """The actor loss of the non-QAM extractions (lwd_jax/algos/extraction.py), as a function of actor params."""
-        obs, actions, valid = batch["observations"], batch["actions"], batch["action_valid"]
-        critic_apply, value_apply = self._apply(self.critic_net), self._apply(self.value_net)
-        apply = self._apply(self.actor_net)
-        ecfg = self.ext_cfg
-        if self.extraction in ("awr", "recap"):
-            q = divl.target_q(critic_apply, p["critic_target"], obs, actions, dcfg.target_agg)
-            adv = q - divl.mean_value(value_apply, p["value"], obs, dcfg)
-            if self.extraction == "awr":
-                return lambda ap: extraction.awr_flow_loss(apply, ap, obs, actions, adv, rng, valid, ecfg)
-            human = batch["intervention"]
-            return lambda ap: extraction.recap_loss(apply, ap, obs, actions, adv, rng, valid, ecfg, human)
-        r_bc, r_pi = jax.random.split(rng)  # q_grad: max Q through the sampler + flow BC
-
-        def q_grad(ap):
-            bc_loss, _ = bc.flow_matching_loss(apply, ap, obs, actions, r_bc, valid)
-            feat = self.actor_net.apply(ap, obs, method=EncodedNet.encode)  # encode once, reuse over K steps
-            q_feat = jax.lax.stop_gradient(self.critic_net.apply(p["critic"], obs, method=EncodedNet.encode))
-
-            def vel(_, x, t):
-                return self.actor_net.apply(ap, feat, x, t, method=EncodedNet.from_features)
-
-            def q_fn(_, a):
-                return self.critic_net.apply(p["critic"], q_feat, a, method=EncodedNet.from_features)
-
-            return extraction.q_grad_loss(vel, q_fn, obs, bc_loss, r_pi, self.action_shape, self.flow_cfg, ecfg)
-
-        return q_grad
-
     def _scan(self, step_fn, state: AgentState, batches: Batch) -> tuple[AgentState, Metrics]:
         """Several updates per call: batches carry a leading [U] axis; metrics are averaged over U."""
         state, metrics = jax.lax.scan(step_fn, state, batches)
         return state, jax.tree.map(jnp.mean, metrics)
 
     # ------------------------------------------------------------------------------ jitted entry points
-    def _batch_shardings(self, batch: Batch, stacked: bool) -> Any:
-        spec = P(None, (shd.DATA_AXIS, shd.FSDP_AXIS)) if stacked else P((shd.DATA_AXIS, shd.FSDP_AXIS))
-        return jax.tree.map(lambda _: NamedSharding(self.mesh, spec), batch)
-
     def _compile(self, name: str, fn, state: AgentState, batch: Batch, stacked: bool):
         if name not in self._jitted:
             s_shard = jax.tree.map(lambda x: x.sharding, state)
             self._jitted[name] = jax.jit(
                 fn,
-                in_shardings=(s_shard, self._batch_shardings(batch, stacked)),
+                in_shardings=(s_shard, shd.tree_batch_shardings(self.mesh, batch, stacked)),
                 out_shardings=(s_shard, shd.replicated(self.mesh)),
                 donate_argnums=(0,),
             )
@@ -380,11 +297,11 @@ class LWDAgent:
         """Q̄(s, a) [B] of the target critic (the value the extraction and the value head see) and the value
         head's mean E[V(s)] [B]: what the critic probe compares with the data's Monte-Carlo returns."""
         if "values" not in self._jitted:
-            dcfg = divl_config(self.cfg, "offline")
+            dcfg = self.divl_cfg
 
             def values(params, obs, actions):
-                q = divl.target_q(self._apply(self.critic_net), params["critic_target"], obs, actions, dcfg.target_agg)
-                v = divl.mean_value(self._apply(self.value_net), params["value"], obs, dcfg)
+                q = divl.target_q(methods.Nets.apply(self.critic_net), params["critic_target"], obs, actions, dcfg.target_agg)
+                v = divl.mean_value(methods.Nets.apply(self.value_net), params["value"], obs, dcfg)
                 return {"q": q, "v": v}
 
             self._jitted["values"] = jax.jit(values)
@@ -409,8 +326,8 @@ class LWDAgent:
 
             def sample(params, obs, rng):
                 b = jax.tree.leaves(obs)[0].shape[0]
-                noise = jax.random.normal(rng, (b, *self.action_shape))
-                return bc.euler_sample(self._velocity(self.base_net, params["base"]), obs, noise, self.flow_cfg)
+                return bc.sample_actions(methods.Nets.bound(self.base_net, params["base"]), obs, rng, b,
+                                         self.action_shape, self.flow_cfg)
 
             self._jitted["sample_base"] = jax.jit(sample)
         return self._jitted["sample_base"](params, obs, rng)

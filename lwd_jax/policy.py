@@ -20,7 +20,9 @@ import jax
 import ml_collections
 import numpy as np
 
+from lwd_jax.agent import LWDAgent
 from lwd_jax.data.normalize import NormStats
+from lwd_jax.nets.language import get_default_encoder
 
 _MAGIC = b"LWDPOL1\0"
 KINDS = ("policy", "base")  # the fine-tuned LWD policy, or the BC (SFT) flow it started from
@@ -54,8 +56,6 @@ class Policy:
     """Raw obs + instruction -> raw action chunk [H, A]; `act_batch` for many robots/episodes at once."""
 
     def __init__(self, blob: bytes, seed: int = 0, encoder: Any = None):
-        from lwd_jax.agent import LWDAgent  # local: the bridge imports this module without the learner
-
         header, params = decode_policy(blob)
         self.version = int(header["version"])
         self.kind = header["kind"]
@@ -85,8 +85,6 @@ class Policy:
         missing = sorted({s for s in instructions if s not in self._lang})
         if missing:
             if self._encoder is None:
-                from lwd_jax.nets.language import get_default_encoder
-
                 self._encoder = get_default_encoder()
             for s, e in zip(missing, self._encoder.encode(missing), strict=True):
                 self._lang[s] = np.asarray(e, np.float32)

@@ -56,9 +56,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over `data` (and over `fsdp` too, so FSDP devices see distinct data)."""
-    return NamedSharding(mesh, P((DATA_AXIS, FSDP_AXIS)))
+def batch_sharding(mesh: Mesh, stacked: bool = False) -> NamedSharding:
+    """The batch axis split over `data` (and over `fsdp` too, so FSDP devices see distinct data); with
+    `stacked`, leaves carry a leading [U] axis of scanned updates first, which is not split."""
+    return NamedSharding(mesh, P(None, (DATA_AXIS, FSDP_AXIS)) if stacked else P((DATA_AXIS, FSDP_AXIS)))
 
 
 def param_sharding(mesh: Mesh, leaf: Any, fsdp_min_size: int) -> NamedSharding:
@@ -84,6 +85,6 @@ def tree_param_shardings(mesh: Mesh, tree: Any, fsdp_min_size: int = 2**18) -> A
     return jax.tree.map(lambda x: param_sharding(mesh, x, fsdp_min_size), tree)
 
 
-def tree_batch_shardings(mesh: Mesh, batch: Any) -> Any:
-    """Batch-axis shardings for every leaf of a batch pytree."""
-    return jax.tree.map(lambda _: batch_sharding(mesh), batch)
+def tree_batch_shardings(mesh: Mesh, batch: Any, stacked: bool = False) -> Any:
+    """Batch-axis shardings for every leaf of a batch pytree (see `batch_sharding`)."""
+    return jax.tree.map(lambda _: batch_sharding(mesh, stacked), batch)

@@ -19,11 +19,11 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from lwd_jax.data.schema import Episode
-from robot_bridge.protos import fleet_pb2, fleet_pb2_grpc, health_pb2, health_pb2_grpc
-from robot_bridge.spool import Spool
-from robot_bridge.wire import (
+from fleet_api.protos import fleet_pb2, fleet_pb2_grpc
+from fleet_api.schema import Episode
+from fleet_api.wire import (
     DEFAULT_STEPS_PER_CHUNK,
     DEFAULT_TARGET_CHUNK_BYTES,
     METADATA_ERROR_FIELD,
@@ -36,6 +36,7 @@ from robot_bridge.wire import (
     messages_to_params,
     to_wire_array,
 )
+from robot_bridge.spool import Spool
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

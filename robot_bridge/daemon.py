@@ -36,6 +36,9 @@ from typing import Any
 
 import numpy as np
 
+from fleet_api import schema
+from fleet_api.wire import ID_PATTERN
+from lwd_jax.policy import Policy
 from robot_bridge.client import (
     AuthenticationFailed,
     ClientConfig,
@@ -48,7 +51,6 @@ from robot_bridge.client import (
 from robot_bridge.robot import Robot, load_backend
 from robot_bridge.runner import run_episode
 from robot_bridge.spool import Spool
-from robot_bridge.wire import ID_PATTERN
 
 log = logging.getLogger("robot_bridge.daemon")
 
@@ -139,7 +141,7 @@ class DaemonConfig:
         return self.token or None
 
 
-def episode_seed(robot_seed: int, index: int) -> int:
+def robot_episode_seed(robot_seed: int, index: int) -> int:
     """Scene seed of a robot's `index`-th episode: distinct across robots and restarts (index persists)."""
     return (int(robot_seed) * 1_000_003 + int(index)) % (2**31 - 1)
 
@@ -250,7 +252,6 @@ class BridgeDaemon:
 
     def _load_policy(self) -> bool:
         """Fetches and installs the newest params; False (old policy kept) on any failure."""
-        from lwd_jax.policy import Policy
 
         try:
             blob = self.client.fetch_policy_blob()
@@ -260,7 +261,7 @@ class BridgeDaemon:
             log.warning("policy download failed (%s); keeping version %d", e, self.version)
             return False
         try:
-            policy = Policy(blob.data, seed=episode_seed(self.config.seed, 10_000_019 + blob.version))
+            policy = Policy(blob.data, seed=robot_episode_seed(self.config.seed, 10_000_019 + blob.version))
             self._warm_up(policy)
         except Exception as e:  # a blob that passed its checksum but does not decode: keep driving the old one
             log.error("policy version %d could not be loaded (%s: %s); keeping version %d",
@@ -273,7 +274,6 @@ class BridgeDaemon:
 
     def _warm_up(self, policy: Any) -> None:
         """Compiles the sampler before the episode starts, so the first tick does not overrun."""
-        from lwd_jax.data import schema
 
         obs = {"state": np.zeros(schema.STATE_DIM, np.float32), "state_mask": np.ones(schema.STATE_DIM, bool),
                "proprio": np.zeros(schema.PROPRIO_DIM, np.float32)}
@@ -326,7 +326,7 @@ class BridgeDaemon:
     def _one_episode(self) -> None:
         c = self.config
         task = c.tasks[self.episodes_done % len(c.tasks)]
-        seed = episode_seed(c.seed, self.episodes_done)
+        seed = robot_episode_seed(c.seed, self.episodes_done)
         self.state = "running"
         out = run_episode(self.robot, self.policy, task, seed=seed, robot_id=c.robot_id, policy_version=self.version,
                           control_hz=c.control_hz, stop=self.stop_event)

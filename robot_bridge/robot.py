@@ -1,9 +1,9 @@
-"""The `Robot` interface the bridge daemon drives, and its simulated backend.
+"""The `Robot` interface the bridge daemon drives (the simulated backend is `robot_bridge/sim_robot.py`).
 
 Why an interface this small: the daemon's job (run the policy at a fixed rate, let a human take over, record,
 spool, upload, swap params) is the same for every robot; what differs is how to reset a scene, send one
 action and read one observation, and how a human's command reaches the robot. Those four things are the
-whole adapter. Everything a backend returns is already in the fleet's schema (lwd_jax/data/schema.py):
+whole adapter. Everything a backend returns is already in the fleet's schema (fleet_api/schema.py):
 `state` zero-padded to STATE_DIM with `state_mask`, `proprio` [PROPRIO_DIM], optional `image`, 5-d actions.
 
 Adapter point for real hardware (e.g. an AgiBot G1 through its vendor SDK): subclass `Robot` in your own
@@ -30,6 +30,8 @@ import numpy as np
 
 Obs = dict[str, np.ndarray]
 StepOut = tuple[Obs, float, bool, bool, dict[str, Any]]
+# "sim" names the simulated UR5e; imported by name so a robot with real hardware never loads MuJoCo.
+SIM_BACKEND = "robot_bridge.sim_robot:SimRobot"
 
 
 class Robot(abc.ABC):
@@ -62,69 +64,10 @@ class Robot(abc.ABC):
         """Releases hardware or simulator resources."""
 
 
-class SimRobot(Robot):
-    """A simulated UR5e (OGBench manipspace) with an optional simulated teleoperator at its side.
-
-    One MuJoCo scene is built per backend the robot has run (cube, scene, puzzle) and reused across episodes,
-    since building a scene costs about as much as a short episode.
-    """
-
-    def __init__(self, *, teleop: bool = False, teleop_config: Any = None, tasks: list[str] | None = None):
-        from lwd_jax.sim.tasks import TASKS
-
-        unknown = [t for t in tasks or [] if t not in TASKS]
-        if unknown:
-            raise ValueError(f"field 'tasks': unknown task(s) {unknown} (known: {sorted(TASKS)})")
-        self._teleop_on = teleop
-        self._teleop_config = teleop_config
-        self._envs: dict[str, Any] = {}
-        self._env: Any = None
-        self._human: Any = None
-
-    def task_info(self, task: str) -> dict[str, Any]:
-        from lwd_jax.sim.tasks import get_task
-
-        t = get_task(task)
-        return {"num_subgoals": t.num_subgoals, "step_budget": t.step_budget}
-
-    def instructions(self, task: str) -> list[str]:
-        from lwd_jax.sim.tasks import get_task
-
-        return list(get_task(task).instructions)
-
-    def reset(self, task: str, seed: int) -> tuple[Obs, dict[str, Any]]:
-        from lwd_jax.sim.env import SimEnv
-        from lwd_jax.sim.tasks import get_task
-        from lwd_jax.sim.teleop import TeleopConfig, Teleoperator
-
-        t = get_task(task)
-        env = self._envs.get(t.backend)
-        if env is None:
-            env = self._envs[t.backend] = SimEnv(t)
-        else:
-            env.set_task(t)
-        self._env = env
-        obs, info = env.reset(seed=seed)
-        self._human = Teleoperator(env, self._teleop_config or TeleopConfig(), seed) if self._teleop_on else None
-        return obs, info
-
-    def step(self, action: np.ndarray) -> StepOut:
-        if self._env is None:
-            raise RuntimeError("SimRobot.step() before reset()")
-        return self._env.step(action)
-
-    def human_action(self, obs: Obs) -> np.ndarray | None:
-        return self._human.select(obs) if self._human is not None else None
-
-    def close(self) -> None:
-        self._envs.clear()
-        self._env = self._human = None
-
-
 def load_backend(spec: str, **kwargs: Any) -> Robot:
     """`"sim"` -> SimRobot(**kwargs); `"package.module:ClassName"` -> that Robot subclass (real hardware)."""
     if spec == "sim":
-        return SimRobot(**kwargs)
+        spec = SIM_BACKEND
     module_name, _, class_name = spec.partition(":")
     if not module_name or not class_name:
         raise ValueError(f"field 'backend': expected 'sim' or 'package.module:ClassName', got {spec!r}")

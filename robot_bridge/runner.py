@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from lwd_jax.data import schema
+from fleet_api import schema
 from robot_bridge.robot import Obs, Robot
 
 ActFn = Callable[[Obs, str], np.ndarray]  # raw obs, instruction -> raw action chunk [H, A]

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lwd_jax.data.schema import Episode, validate_episode
-from robot_bridge.wire import ID_PATTERN, episode_arrays, episode_from_parts, episode_metadata
+from fleet_api.schema import Episode, validate_episode
+from fleet_api.wire import ID_PATTERN, episode_arrays, episode_from_parts, episode_metadata
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ def pytest_configure(config):
 def smoke_dataset(tmp_path_factory):
     """The `data.py:smoke` RLDS dataset (one episode of each kind for two tasks), generated once."""
     from experiments.configs.data import get_config
-    from lwd_jax.data.generate import generate
+    from lwd_jax.sim.generate import generate
 
     cfg = get_config("smoke")
     cfg.out_dir = str(tmp_path_factory.mktemp("data") / "offline")

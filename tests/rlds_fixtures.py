@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from lwd_jax.data import schema
-from lwd_jax.data.schema import Episode
+from fleet_api import schema
+from fleet_api.schema import Episode
 
 TASKS = ("cube-single", "scene-task1", "puzzle-3x3")
 TASK_IDS = {name: i for i, name in enumerate(TASKS)}

@@ -12,8 +12,9 @@ import pytest
 
 from lwd_jax import sharding as shd
 from lwd_jax.agent import LWDAgent
+from lwd_jax.fake import random_batches, random_obs
 from lwd_jax.learner.checkpoint import Checkpointer
-from tests.agent_fixtures import random_batches, random_obs, smoke_agent_config
+from tests.agent_config import smoke_agent_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -87,7 +88,8 @@ _SHARDED = textwrap.dedent(
     import json, jax, numpy as np
     from lwd_jax import sharding as shd
     from lwd_jax.agent import LWDAgent
-    from tests.agent_fixtures import random_batches, random_obs, smoke_agent_config
+    from lwd_jax.fake import random_batches, random_obs
+    from tests.agent_config import smoke_agent_config
     assert jax.device_count() == 8, jax.devices()
     cfg = smoke_agent_config()
     example = random_obs(np.random.default_rng(0), 2)

@@ -12,9 +12,13 @@ import numpy as np
 import optax
 import pytest
 
+from lwd_jax import sharding as shd
+from lwd_jax.agent import LWDAgent
 from lwd_jax.algos import bc, extraction
 from lwd_jax.algos.extraction import ExtractionConfig
+from lwd_jax.fake import random_obs
 from lwd_jax.nets.flow import VelocityField
+from tests.agent_config import smoke_agent_config
 from tests.fit import fit
 
 GOOD, BAD = 0.5, -0.5  # the two action modes of the toys (1-step chunks of 1-d actions)
@@ -194,7 +198,7 @@ def test_benchmark_driver_end_to_end(smoke_dataset, tmp_path):
     b.extra = f"tasks={data_cfg.tasks}"
     out = benchmark.run_benchmark(b)
     assert list(out["rows"]) == ["SFT", "HG-DAgger", "QAM -> AWR flow", "BC on all data"]
-    assert out["rows"]["BC on all data"]["evaluation"] == "BC pretrain"
+    assert out["rows"]["BC on all data"]["evaluation"] == "pretrain"
     ref = benchmark.run_config(b, 0, "BC on all data")  # trains its own BC flow on the whole mix
     assert ref.init_from == "" and ref.data.pretrain_data == "all" and ref.offline_steps == 0
     assert os.path.isdir(os.path.join(ref.workdir, "checkpoints", str(ref.pretrain_steps)))
@@ -204,8 +208,8 @@ def test_benchmark_driver_end_to_end(smoke_dataset, tmp_path):
     with open(os.path.join(benchmark.workdir(b, 0, "HG-DAgger"), "results.json")) as f:
         hg = json.load(f)
     with open(os.path.join(sft, "results.json")) as f:
-        assert hg["BC pretrain"] == json.load(f)["BC pretrain"]  # the shared SFT evaluation, not a re-run
-    assert set(hg) == {"BC pretrain", "online LWD"}  # HG-DAgger has no offline RL stage
+        assert hg["pretrain"] == json.load(f)["pretrain"]  # the shared SFT evaluation, not a re-run
+    assert set(hg) == {"pretrain", "online"}  # HG-DAgger has no offline RL stage
     for name in ("benchmark.json", "benchmark.md", "hg-dagger.png"):
         assert os.path.getsize(tmp_path / "results" / name) > 0
     md = (tmp_path / "results" / "benchmark.md").read_text()
@@ -220,16 +224,12 @@ def test_benchmark_driver_end_to_end(smoke_dataset, tmp_path):
 
 def test_recap_policy_acts_with_the_configured_indicator():
     """+1 (as deployed) and the diagnostic 0 / -1 give three different policies; 0 is the plain actor."""
-    from lwd_jax import sharding as shd
-    from lwd_jax.agent import LWDAgent
-    from tests.agent_fixtures import random_obs, smoke_agent_config
-
     obs = random_obs(np.random.default_rng(0), 4)
     x, t = jnp.zeros((4, 5, 5)), jnp.full((4,), 0.5)
     outs = {}
     for ind in (1.0, 0.0, -1.0):
         cfg = smoke_agent_config()
-        cfg.extraction, cfg.extract.recap_act_indicator = "recap", ind
+        cfg.extraction, cfg.baselines.recap_act_indicator = "recap", ind
         agent = LWDAgent(cfg, shd.make_mesh(devices=jax.devices()[:1]))
         params = agent.init(0, obs).params
         outs[ind] = np.asarray(agent.policy_velocity(params)(obs, x, t))

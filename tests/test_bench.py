@@ -3,7 +3,7 @@
 import json
 import math
 
-from experiments.bench import main
+from experiments.speed import main
 
 
 def test_quick_bench_writes_sane_json(tmp_path):

@@ -5,11 +5,12 @@ import math
 import numpy as np
 import pytest
 
-from lwd_jax.learner.critic_probe import auroc, pearson, probe_stats, ranks
+from lwd_jax.learner.critic_probe import auroc, pearson, probe_stats
 
 
-def test_ranks_average_ties():
-    np.testing.assert_array_equal(ranks(np.array([3.0, 1.0, 3.0, 2.0])), [3.5, 1.0, 3.5, 2.0])
+def test_auroc_counts_ties_half():
+    pos = np.array([1, 0, 1, 0], bool)
+    assert auroc(np.array([3.0, 3.0, 2.0, 1.0]), pos) == 0.625  # pairs (3>3 tie: 0.5, 3>1, 2<3, 2>1) / 4
 
 
 def test_auroc_known_cases():

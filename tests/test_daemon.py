@@ -14,16 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fleet_api.schema import STATE_DIM
 from lwd_jax.data.rlds_reader import read_episodes
-from lwd_jax.data.schema import STATE_DIM
 from lwd_jax.learner.auth import TokenAuth
 from lwd_jax.learner.fleet_store import FleetStore
 from lwd_jax.learner.local_fleet import ROBOT_ENV, write_robot_config
 from lwd_jax.learner.service import FleetServicer, PolicyStore, serve
 from lwd_jax.sim.tasks import TASKS, task_names
 from robot_bridge.daemon import DaemonConfig
-from robot_bridge.robot import SimRobot, load_backend
+from robot_bridge.robot import load_backend
 from robot_bridge.runner import run_episode
+from robot_bridge.sim_robot import SimRobot
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "t0ken-for-robot-0"

@@ -10,10 +10,11 @@ import jax
 import numpy as np
 import pytest
 
-from lwd_jax.data import schema
+from fleet_api import schema
 from lwd_jax.data.normalize import NormStats
+from lwd_jax.learner import eval_report as rep
 from lwd_jax.learner import evaluation as ev
-from lwd_jax.learner.evaluation import EpisodeResult
+from lwd_jax.learner.eval_report import EpisodeResult
 
 EVAL_TASK = "scene_open_drawer"  # the shortest budget (150 steps) of the suite
 
@@ -24,7 +25,7 @@ EVAL_TASK = "scene_open_drawer"  # the shortest budget (150 steps) of the suite
     [(0, 10, 0.0, 0.2775), (5, 10, 0.2366, 0.7634), (10, 10, 0.7225, 1.0), (81, 100, 0.7222, 0.8749)],
 )
 def test_wilson_known_binomial_cases(k, n, lo, hi):
-    a, b = ev.wilson_interval(k, n)
+    a, b = rep.wilson_interval(k, n)
     assert a == pytest.approx(lo, abs=1e-3) and b == pytest.approx(hi, abs=1e-3)
 
 
@@ -34,27 +35,27 @@ def test_wilson_coverage_is_near_nominal():
     for n in (10, 30):
         for p in np.linspace(0.05, 0.95, 19):
             cov = sum(math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(n + 1)
-                      if ev.wilson_interval(k, n)[0] <= p <= ev.wilson_interval(k, n)[1])
+                      if rep.wilson_interval(k, n)[0] <= p <= rep.wilson_interval(k, n)[1])
             covs.append(cov)
     assert min(covs) > 0.87 and 0.93 < float(np.mean(covs)) < 0.97
 
 
 def test_score_interval():
     zeros, ones = [0.0] * 10, [1.0] * 10
-    assert ev.score_interval(zeros) == pytest.approx((0.0, 0.2775), abs=1e-3)  # not a zero-width [0, 0]
-    assert ev.score_interval(ones) == pytest.approx((0.7225, 1.0), abs=1e-3)
+    assert rep.score_interval(zeros) == pytest.approx((0.0, 0.2775), abs=1e-3)  # not a zero-width [0, 0]
+    assert rep.score_interval(ones) == pytest.approx((0.7225, 1.0), abs=1e-3)
     binary = [1.0] * 5 + [0.0] * 5
-    assert ev.score_interval(binary) == pytest.approx(ev.wilson_interval(5, 10), abs=1e-6)  # 0/1 scores: Wilson
-    lo, hi = ev.score_interval([0.25, 0.5, 0.5, 0.75])
+    assert rep.score_interval(binary) == pytest.approx(rep.wilson_interval(5, 10), abs=1e-6)  # 0/1 scores: Wilson
+    lo, hi = rep.score_interval([0.25, 0.5, 0.5, 0.75])
     assert 0.0 <= lo < 0.5 < hi <= 1.0
-    assert ev.score_interval([]) == (0.0, 1.0)
+    assert rep.score_interval([]) == (0.0, 1.0)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        ev.score_interval([1.5, 2.0])
+        rep.score_interval([1.5, 2.0])
     # Conservative: coverage of the true mean at least nominal for a fractional score distribution.
     rng = np.random.default_rng(0)
     values, probs = np.array([0.0, 0.25, 0.5, 0.75, 1.0]), np.array([0.3, 0.1, 0.2, 0.1, 0.3])
     mu = float(values @ probs)
-    hits = [lo <= mu <= hi for lo, hi in (ev.score_interval(rng.choice(values, 20, p=probs)) for _ in range(2000))]
+    hits = [lo <= mu <= hi for lo, hi in (rep.score_interval(rng.choice(values, 20, p=probs)) for _ in range(2000))]
     assert np.mean(hits) >= 0.94
 
 
@@ -74,7 +75,7 @@ def test_stepwise_score_and_intervention_from_episodes():
     assert r == EpisodeResult("cube_stack", 3, False, 3, 0.5, 400, pytest.approx(2 / 3))
     won = ev.episode_result(_episode([0, 2, 4], 4, True, [False, False]), seed=4, budget=400)
     assert won.subgoal_frac == 1.0 and won.success and won.intervention_rate == 0.0
-    s = ev.summarize([r, won])["cube_stack"]
+    s = rep.summarize([r, won])["cube_stack"]
     assert s["stepwise_score"] == 0.75 and s["intervention_rate"] == pytest.approx(1 / 3)
     assert s["score_lo"] < 0.75 < s["score_hi"]
 
@@ -86,14 +87,14 @@ def test_cycle_time_counts_failures_at_budget():
         EpisodeResult("a", 2, False, 400, 0.5, 400),
         EpisodeResult("b", 0, False, 150, 0.0, 150),
     ]
-    s = ev.summarize(rs)
+    s = rep.summarize(rs)
     assert s["a"]["cycle_time_success"] == 60 and s["a"]["cycle_time_all"] == pytest.approx(520 / 3)
-    assert s["a"]["cycle_time_success_s"] == 60 / ev.SIM_CONTROL_HZ
+    assert s["a"]["cycle_time_success_s"] == 60 / rep.SIM_CONTROL_HZ
     assert s["a"]["cycle_time_all_s"] == pytest.approx(520 / 3 / 20.0)
     assert math.isnan(s["b"]["cycle_time_success"]) and s["b"]["cycle_time_all_s"] == 7.5
     old_keys = {"episodes", "success_rate", "success_lo", "success_hi", "stepwise_score", "cycle_time_success", "cycle_time_all"}
     assert old_keys <= set(s["a"])  # experiments/train.py and plots.py read these
-    avg = ev.averages(s, long_tasks={"a"})
+    avg = rep.averages(s, long_tasks={"a"})
     assert avg["all"]["cycle_time_success"] == 60  # over the tasks with a success
     assert avg["short"]["success_rate"] == 0.0 and avg["long"]["success_rate"] == pytest.approx(2 / 3)
 
@@ -101,7 +102,7 @@ def test_cycle_time_counts_failures_at_budget():
 def test_sim_control_rate_is_the_envs():
     from lwd_jax.sim.env import make_env
 
-    assert 1.0 / make_env(EVAL_TASK).ogb_env.control_timestep() == pytest.approx(ev.SIM_CONTROL_HZ)
+    assert 1.0 / make_env(EVAL_TASK).ogb_env.control_timestep() == pytest.approx(rep.SIM_CONTROL_HZ)
 
 
 # ================================================================================================ reports
@@ -116,12 +117,12 @@ def _results(shift: int) -> list[EpisodeResult]:
 def test_write_report_round_trip(tmp_path):
     runs = {"base": _results(0), "policy": _results(20)}
     stem = str(tmp_path / "sub" / "all_policy")
-    report = ev.write_report(runs, stem, seed=7, policy={"kind": "policy", "step": 4}, teleop=True)
+    report = rep.write_report(runs, stem, seed=7, policy={"kind": "policy", "step": 4}, teleop=True)
     with open(stem + ".json") as f:
         saved = json.load(f)
     assert saved == report and saved["seed"] == 7 and saved["policy"]["step"] == 4 and saved["teleop"] is True
     assert saved["long_tasks"] == ["cube_stack"] and saved["episodes_per_task"] == {"cube_stack": 2, "cube_pick_place": 1}
-    assert ev.load_results(stem + ".json") == runs
+    assert rep.load_results(stem + ".json") == runs
     summ = saved["methods"]["policy"]["summary"]
     assert summ["cube_pick_place"]["cycle_time_success"] is None  # NaN written as null
     assert summ["cube_stack"]["success_rate"] == 0.5 and summ["cube_stack"]["intervention_rate"] == pytest.approx(0.2)
@@ -130,16 +131,16 @@ def test_write_report_round_trip(tmp_path):
     assert "policy score [95% CI]" in md and "cycle s (success / all)" in md and "intervention" in md
     assert "| cube_stack (long) |" in md and "**average long**" in md and "seed 7" in md
     first = open(stem + ".json").read(), md
-    ev.write_report(runs, stem, seed=7, policy={"kind": "policy", "step": 4}, teleop=True)
+    rep.write_report(runs, stem, seed=7, policy={"kind": "policy", "step": 4}, teleop=True)
     assert (open(stem + ".json").read(), open(stem + ".md").read()) == first  # byte-identical
-    ev.write_report(_results(0), str(tmp_path / "one"), seed=1)  # a single method, teleop off
+    rep.write_report(_results(0), str(tmp_path / "one"), seed=1)  # a single method, teleop off
     md1 = open(tmp_path / "one.md").read()
     assert "policy success" in md1 and "intervention" not in md1
 
 
 def test_markdown_table_default_unchanged():
-    s = ev.summarize(_results(0))
-    md = ev.markdown_table({"m": s}, long_tasks={"cube_stack"})
+    s = rep.summarize(_results(0))
+    md = rep.markdown_table({"m": s}, long_tasks={"cube_stack"})
     assert md.splitlines()[0] == "| task | m success | m score | m cycle (steps) |"
     assert "| **average long** |" in md
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from lwd_jax.learner.evaluation import EpisodeResult, markdown_table, summarize, wilson_interval
+from lwd_jax.learner.eval_report import EpisodeResult, markdown_table, summarize, wilson_interval
 
 
 @pytest.mark.parametrize(

@@ -19,8 +19,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from lwd_jax.data.schema import ACTION_DIM, IMAGE_SHAPE, PROPRIO_DIM, STATE_DIM, Episode
+from fleet_api.protos import FLEET_SERVICE_NAME, fleet_pb2_grpc
+from fleet_api.schema import ACTION_DIM, IMAGE_SHAPE, PROPRIO_DIM, STATE_DIM, Episode
+from fleet_api.wire import episode_to_messages
 from lwd_jax.learner.auth import TokenAuth, add_robot, load_token_hashes
 from lwd_jax.learner.service import FleetServicer, PolicyStore, ServerTLS, serve
 from robot_bridge.client import (
@@ -33,9 +36,7 @@ from robot_bridge.client import (
     ParamsIntegrityError,
     PolicyNotPublished,
 )
-from robot_bridge.protos import FLEET_SERVICE_NAME, fleet_pb2_grpc, health_pb2, health_pb2_grpc
 from robot_bridge.spool import Spool
-from robot_bridge.wire import episode_to_messages
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -463,7 +464,7 @@ def test_standard_health_check_serving(learner):
         with pytest.raises(grpc.RpcError) as info:
             stub.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=5)
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
-    learner.health.shutdown()
+    learner.health.enter_graceful_shutdown()
     assert learner.health.Check(health_pb2.HealthCheckRequest(service=""), None).status == (
         health_pb2.HealthCheckResponse.NOT_SERVING)
 
@@ -523,7 +524,7 @@ def test_spool_drained_across_learner_restart_lands_every_episode_exactly_once(t
 
 
 def test_ingest_benchmark_smoke():
-    from robot_bridge.bench_ingest import run
+    from experiments.bench_ingest import run
 
     result = run(num_uploaders=2, episodes=2, steps=20)
     assert result["episodes"] == 4 and result["steps_per_s"] > 0
@@ -534,8 +535,8 @@ def test_stubs_rebuild_in_a_process_that_already_loaded_tensorflow():
     import subprocess
     import sys
 
-    code = ("import tensorflow\nfrom robot_bridge.protos import build_stubs\n"
-            "build_stubs.build(force=True)\nimport robot_bridge.protos as p\nprint(p.FLEET_SERVICE_NAME)")
+    code = ("import tensorflow\nfrom fleet_api.protos import build_stubs\n"
+            "build_stubs.build(force=True)\nimport fleet_api.protos as p\nprint(p.FLEET_SERVICE_NAME)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -14,11 +14,11 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from fleet_api.schema import PROPRIO_DIM, SchemaError
 from lwd_jax.data import rlds_format
 from lwd_jax.data.rlds_errors import RLDSReadError
 from lwd_jax.data.rlds_reader import RLDSReader, read_episodes
 from lwd_jax.data.rlds_writer import ORPHAN_SUFFIX, RLDSWriter, write_episodes
-from lwd_jax.data.schema import PROPRIO_DIM, SchemaError
 from lwd_jax.data.transitions import chunk_transitions
 from tests.rlds_fixtures import TASK_IDS, assert_episodes_equal, edit_record, make_episodes, shard_paths, truncate_shard
 

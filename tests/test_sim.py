@@ -13,11 +13,11 @@ import sys
 import numpy as np
 import pytest
 
-from lwd_jax.data import schema
+from fleet_api import schema
 from lwd_jax.sim import lights_out
 from lwd_jax.sim.env import PROPRIO_LAYOUT, SimEnv, make_env
 from lwd_jax.sim.experts import ExpertConfig
-from lwd_jax.sim.rollout import rollout, run_episode
+from lwd_jax.sim.recorder import record_episode
 from lwd_jax.sim.tasks import BACKEND_STATE_DIMS, TASKS, get_task, task_names
 from lwd_jax.sim.teleop import TeleopConfig
 
@@ -70,9 +70,9 @@ def test_unknown_task_raises_naming_it(call) -> None:
     assert "cube_pick_place" in str(err.value)  # lists the known tasks
 
 
-def test_unknown_task_in_run_episode() -> None:
+def test_unknown_task_in_record_episode() -> None:
     with pytest.raises(KeyError, match="no_such_task"):
-        run_episode("no_such_task", "expert", seed=0)
+        record_episode("no_such_task", "expert", seed=0)
 
 
 def test_lights_out_solver() -> None:
@@ -174,7 +174,7 @@ def test_render_without_gl_backend_is_a_clear_error(monkeypatch) -> None:
 
 @pytest.mark.skipif(not _offscreen_gl_available(), reason="rendering off (MUJOCO_GL) or no offscreen OpenGL here")
 def test_render_images() -> None:
-    res = rollout("cube_pick_place", "expert", seed=0, render=True, step_budget=3)
+    res = record_episode("cube_pick_place", "expert", seed=0, render=True, step_budget=3)
     image = res.episode.observation["image"]
     assert image.shape == (4, *schema.IMAGE_SHAPE) and image.dtype == np.uint8 and image.std() > 0
 
@@ -188,7 +188,7 @@ def test_render_images() -> None:
 def test_expert_succeeds(envs, name: str) -> None:
     task = TASKS[name]
     for seed in EXPERT_SEEDS[name]:
-        ep = rollout(name, "expert", seed=seed, env=env_for(envs, name)).episode
+        ep = record_episode(name, "expert", seed=seed, env=env_for(envs, name)).episode
         assert ep.success and ep.terminal, f"{name} seed {seed}: expert failed ({ep.subgoals[-1]}/{task.num_subgoals})"
         schema.validate_episode(ep, known_tasks=TASKS)
         assert ep.source == schema.Source.DEMO.value
@@ -204,10 +204,10 @@ def test_episode_is_reproducible_from_its_seed(envs) -> None:
     # which SimEnv clears): identical episodes, including contact-rich drops.
     env = env_for(envs, "cube_pick_place")
     cfg = ExpertConfig(noise_std=0.1, p_drop=1.0)
-    a = rollout("cube_pick_place", cfg, seed=7, env=env).episode
+    a = record_episode("cube_pick_place", cfg, seed=7, env=env).episode
     rng = np.random.default_rng(0)
-    rollout("cube_pick_place", lambda o, i: rng.uniform(-1, 1, schema.ACTION_DIM), seed=8, env=env, step_budget=30)
-    b = rollout("cube_pick_place", cfg, seed=7, env=env).episode
+    record_episode("cube_pick_place", lambda o, i: rng.uniform(-1, 1, schema.ACTION_DIM), seed=8, env=env, step_budget=30)
+    b = record_episode("cube_pick_place", cfg, seed=7, env=env).episode
     np.testing.assert_array_equal(a.action, b.action)
     np.testing.assert_array_equal(a.observation["state"], b.observation["state"])
 
@@ -216,15 +216,15 @@ def test_episodes_leave_no_trace_in_the_env(envs) -> None:
     # An episode (here one with a window skill) must not change how the next reset samples the scene.
     env = env_for(envs, "scene_unlock_and_open")
     before, _ = env.reset(seed=5)
-    rollout("scene_unlock_and_open", "expert", seed=0, env=env)
+    record_episode("scene_unlock_and_open", "expert", seed=0, env=env)
     after, _ = env.reset(seed=5)
     np.testing.assert_array_equal(before["state"], after["state"])
 
 
 def test_noise_changes_actions(envs) -> None:
     env = env_for(envs, "cube_pick_place")
-    clean = rollout("cube_pick_place", "expert", seed=1, env=env).episode
-    noisy = rollout("cube_pick_place", ExpertConfig(noise_std=0.2), seed=1, env=env).episode
+    clean = record_episode("cube_pick_place", "expert", seed=1, env=env).episode
+    noisy = record_episode("cube_pick_place", ExpertConfig(noise_std=0.2), seed=1, env=env).episode
     n = min(clean.num_steps, noisy.num_steps)
     assert not np.allclose(clean.action[:n], noisy.action[:n])
     assert noisy.source == schema.Source.ROLLOUT.value
@@ -233,7 +233,7 @@ def test_noise_changes_actions(envs) -> None:
 def test_stall_times_out(envs) -> None:
     task = TASKS["cube_pick_place"]
     cfg = ExpertConfig(p_stall=1.0, stall_steps=task.step_budget, stall_start_frac=(0.0, 0.0))
-    res = rollout("cube_pick_place", cfg, seed=0, env=env_for(envs, "cube_pick_place"))
+    res = record_episode("cube_pick_place", cfg, seed=0, env=env_for(envs, "cube_pick_place"))
     ep = res.episode
     assert not ep.success and not ep.terminal and ep.num_steps == task.step_budget
     assert [kind for _, kind in res.expert_events] == ["stall"]
@@ -243,8 +243,8 @@ def test_stall_times_out(envs) -> None:
 
 def test_drop_fires_and_costs_time(envs) -> None:
     env = env_for(envs, "cube_pick_place")
-    clean = rollout("cube_pick_place", "expert", seed=2, env=env).episode
-    res = rollout("cube_pick_place", ExpertConfig(p_drop=1.0, drop_steps=10), seed=2, env=env)
+    clean = record_episode("cube_pick_place", "expert", seed=2, env=env).episode
+    res = record_episode("cube_pick_place", ExpertConfig(p_drop=1.0, drop_steps=10), seed=2, env=env)
     assert [kind for _, kind in res.expert_events] == ["drop"]
     assert res.episode.num_steps > clean.num_steps  # the expert re-grasps (or fails at the budget)
     step = res.expert_events[0][0]
@@ -255,7 +255,7 @@ def test_wrong_order_fails_multi_stage_task(envs) -> None:
     # Swapping two steps of "unlock, open, put cube in, close" leaves the plan unable to finish.
     name = "scene_put_cube_in_drawer"
     budget = 200  # the clean expert needs ~130 steps
-    res = rollout(name, ExpertConfig(p_wrong_order=1.0), seed=0, env=env_for(envs, name), step_budget=budget)
+    res = record_episode(name, ExpertConfig(p_wrong_order=1.0), seed=0, env=env_for(envs, name), step_budget=budget)
     assert [kind for _, kind in res.expert_events] == ["wrong_order"]
     assert not res.episode.success
 
@@ -268,10 +268,10 @@ def test_action_chunks_and_bad_shapes(envs) -> None:
         calls.append(1)
         return np.zeros((4, schema.ACTION_DIM))
 
-    ep = rollout("scene_open_drawer", chunked, seed=0, env=env, step_budget=10).episode
+    ep = record_episode("scene_open_drawer", chunked, seed=0, env=env, step_budget=10).episode
     assert ep.num_steps == 10 and len(calls) == 3 and ep.source == schema.Source.ROLLOUT.value
     with pytest.raises(ValueError, match="policy must return"):
-        rollout("scene_open_drawer", lambda o, i: np.zeros(3), seed=0, env=env)
+        record_episode("scene_open_drawer", lambda o, i: np.zeros(3), seed=0, env=env)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -281,7 +281,7 @@ def test_action_chunks_and_bad_shapes(envs) -> None:
 
 def test_teleop_takes_over_a_zero_policy_and_hands_back(envs) -> None:
     patience = 30
-    res = rollout(
+    res = record_episode(
         "cube_pick_place",
         zero_policy,
         seed=0,
@@ -327,7 +327,7 @@ class DropAfterLift:
 
 def test_teleop_catches_a_dropped_cube(envs) -> None:
     env = env_for(envs, "cube_pick_place")
-    res = rollout("cube_pick_place", DropAfterLift(env), seed=0, teleop=TeleopConfig(), env=env)
+    res = record_episode("cube_pick_place", DropAfterLift(env), seed=0, teleop=TeleopConfig(), env=env)
     kinds = [e for _, e in res.teleop_events]
     assert kinds and kinds[0] == "takeover:drop", res.teleop_events  # before the stall rule could fire
     assert res.episode.intervention.any() and res.episode.success

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lwd_jax.data.schema import ACTION_DIM, PROPRIO_DIM, STATE_DIM, Episode, SchemaError
+from fleet_api.schema import ACTION_DIM, PROPRIO_DIM, STATE_DIM, Episode, SchemaError
 from robot_bridge.spool import PENDING, QUARANTINE, REJECTED, TMP, Spool, decode_episode, encode_episode
 
 pytestmark = pytest.mark.timeout(60)

@@ -31,7 +31,7 @@ def test_train_offline_then_resume(smoke_dataset, tmp_path, capsys):
     cfg.stage = "offline"
     cfg.critic_warmup_steps = cfg.updates_per_call  # pretrain -> critic warm-up -> offline RL
     results = run(cfg)
-    assert set(results) == {"BC pretrain", "offline LWD"}
+    assert set(results) == {"pretrain", "offline"}
     with open(tmp_path / "logs" / "metrics.jsonl") as f:
         logged = [json.loads(line) for line in f]
     warmup = [r for r in logged if "critic/critic_loss" in r]
@@ -67,9 +67,9 @@ def test_mini_flywheel_end_to_end(smoke_dataset, tmp_path, capsys):
     cfg = _cfg(data_cfg, tmp_path)
     cfg.stage = "all"
     results = run(cfg)
-    assert list(results) == ["BC pretrain", "offline LWD", "online LWD"]
+    assert list(results) == ["pretrain", "offline", "online"]
     out = capsys.readouterr().out
-    assert "Online budget: 4 fleet episodes" in out and "online LWD success" in out
+    assert "Online budget: 4 fleet episodes" in out and "online success" in out
     assert (tmp_path / "success_vs_fleet_episodes.png").stat().st_size > 10_000
     fleet = read_episodes(tmp_path / "fleet" / "rlds")
     robot_ids = []

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lwd_jax.data.schema import SchemaError
+from fleet_api.schema import SchemaError
 from lwd_jax.data.transitions import (
     chunk_transitions,
     chunk_transitions_tf,

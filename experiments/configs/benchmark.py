@@ -27,7 +27,7 @@ TASKS = (
 
 # name -> (overrides, which evaluations make its Table I entry). "stage" and budgets are overrides too.
 # Evaluations: "offline" (after offline RL), "online" (after the fleet stage); the SFT row is the
-# pretrain run's "BC pretrain" evaluation.
+# pretrain run's "pretrain" evaluation.
 METHODS = {
     # HG-DAgger aggregates the human segments with the demos and retrains on the union, sampled uniformly
     "HG-DAgger": dict(stage="all", critic_warmup_steps=0, offline_steps=0, online_learner="hg_dagger",

@@ -1,7 +1,7 @@
 """The default offline RLDS dataset: expert demos, noisy and failed rollouts, exploration around failures,
 and teleoperator-corrected rollouts, for every task of the simulated suite.
 
-    python -m lwd_jax.data.generate --config=experiments/configs/data.py --config.out_dir=data/offline
+    python -m lwd_jax.sim.generate --config=experiments/configs/data.py --config.out_dir=data/offline
 
 (`make data` runs exactly this.) Sizes are per task; `:large` multiplies them by 5. The default
 generates in a few minutes on 2 cores (see README for the measured time).

@@ -13,9 +13,12 @@ is an error naming it.
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
-from lwd_jax.data.schema import ACTION_DIM
+from fleet_api.schema import ACTION_DIM
+from lwd_jax.algos import divl, extraction, qam
 
 
 def get_agent_config() -> ml_collections.ConfigDict:
@@ -39,48 +42,16 @@ def get_agent_config() -> ml_collections.ConfigDict:
     a.intervention_bc_weight = 0.0  # >0: human-driven chunks count extra in the base flow's BC
     a.freeze_encoder_online = True  # LWD freezes the policy's vision-language backbone online
     a.fsdp_min_size = 2**18  # leaves at least this large are split over the `fsdp` mesh axis
-    a.divl = ml_collections.ConfigDict(
-        dict(
-            value_type="distributional",  # | "expectile" (IQL ablation)
-            num_atoms=201,  # paper
-            v_min=-0.1,  # paper: [-0.1, 1.1] for 0/1 success rewards
-            v_max=1.1,
-            tau_mode="adaptive",  # | "constant" (ablation)
-            tau_base_offline=0.6,  # paper
-            tau_base_online=0.9,  # paper
-            alpha=0.3,  # paper
-            tau_min=0.4,  # ours (paper gives none)
-            tau_max=0.95,  # ours
-            tau_const=0.6,
-            expectile=0.7,
-            target_agg="min",
-            critic_target="divl",  # | "policy" (QAM reference's target, for comparison)
-            rho=0.5,
-            target_ema=0.005,  # paper
-        )
-    )
-    # Policy extraction: "qam" (LWD) | "awr" (advantage-weighted flow matching: the critic-gradient-free
-    # ablation) | "recap" (advantage-conditioned flow, pi0.6-style) | "q_grad" (RLPD/HIL-SERL-style: max Q
-    # through the whole sampler + flow BC). Settings in lwd_jax/algos/extraction.py.
+    # Method sections are built from the dataclasses' own defaults (paper values marked there): the config
+    # overrides only what differs, so a default lives in one place.
+    a.divl = ml_collections.ConfigDict(dataclasses.asdict(divl.DIVLConfig()))  # lwd_jax/algos/divl.py
+    # Policy extraction, an entry of lwd_jax/methods.py: "qam" (LWD) | "awr" (advantage-weighted flow matching:
+    # the critic-gradient-free ablation) | "recap" (advantage-conditioned flow, pi0.6-style) | "q_grad"
+    # (RLPD/HIL-SERL-style: max Q through the whole sampler + flow BC). QAM's settings are `qam`; the
+    # baselines' are `baselines` (lwd_jax/algos/extraction.py: ExtractionConfig).
     a.extraction = "qam"
-    a.extract = ml_collections.ConfigDict(
-        dict(awr_temperature=10.0, awr_max_weight=100.0, recap_threshold=0.0, recap_drop_prob=0.3,
-             recap_human_positive=True, recap_cond_scale=1.0, recap_act_indicator=1.0, q_grad_bc_weight=1.0)
-    )
-    a.qam = ml_collections.ConfigDict(
-        dict(
-            flow_steps=10,  # K (QAM code default)
-            inv_temp=0.5,  # 1/lambda, LWD: lambda = 2
-            residual=False,
-            clip_adjoint_actions=True,
-            action_low=-1.0,
-            action_high=1.0,
-            best_of_n=1,
-            base_reference="frozen",  # LWD: frozen BC checkpoint | "ema" | "online" (QAM code)
-            adjoint_critic="target",
-            scan_unroll=1,
-        )
-    )
+    a.baselines = ml_collections.ConfigDict(dataclasses.asdict(extraction.ExtractionConfig()))
+    a.qam = ml_collections.ConfigDict(dataclasses.asdict(qam.QAMConfig()))  # lwd_jax/algos/qam.py
     return a
 
 

@@ -40,7 +40,8 @@ class DIVLConfig:
     v_min: float = -0.1  # paper: [-0.1, 1.1] for 0/1 success rewards; see `value_bounds` for others
     v_max: float = 1.1
     tau_mode: str = "adaptive"  # "adaptive" (DIVL) | "constant" (ablation, tau(s) = tau_const)
-    tau_base: float = 0.6  # paper: 0.6 offline, 0.9 online
+    tau_base: float = 0.6  # paper: 0.6 offline (the level `tau_of` reads; `at_stage` swaps in the online one)
+    tau_base_online: float = 0.9  # paper: 0.9 online
     alpha: float = 0.3  # paper: 0.3
     tau_min: float = 0.4  # ours (paper gives none)
     tau_max: float = 0.95  # ours (paper gives none)
@@ -50,6 +51,12 @@ class DIVLConfig:
     critic_target: str = "divl"  # "divl": y = r + d V_tau(s'); "policy": QAM's mean - rho * std at a' ~ pi
     rho: float = 0.5  # QAM reference's pessimism for the "policy" target
     target_ema: float = 0.005  # paper / QAM: EMA rate of the target critic (applied by the agent)
+
+    def at_stage(self, stage: str) -> DIVLConfig:
+        """These settings for one stage: `tau_base` is the offline level, `tau_base_online` the online one."""
+        if stage not in ("offline", "online"):
+            raise ValueError(f"DIVLConfig.at_stage: expected 'offline' or 'online', got {stage!r}")
+        return dataclasses.replace(self, tau_base=self.tau_base_online) if stage == "online" else self
 
     def __post_init__(self):
         for field, value, allowed in (

@@ -22,10 +22,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from lwd_jax.algos.bc import FlowConfig, flow_matching_loss
+from lwd_jax.algos.bc import FlowConfig, euler_sample, flow_matching_loss
 from lwd_jax.algos.common import Info, Obs, Params, VelocityApply
 
-EXTRACTIONS = ("qam", "awr", "recap", "q_grad")
 COND_KEY = "lang"  # the observation input the RECAP indicator is added to (see `condition_obs`)
 
 
@@ -131,19 +130,6 @@ def recap_loss(
 # ---------------------------------------------------------------------------------- RLPD-style q_grad
 
 
-def euler_sample_differentiable(velocity, obs: Obs, noise: jax.Array, cfg: FlowConfig) -> jax.Array:
-    """The Euler ODE sample [B, H, A] with gradients through all K steps (unlike QAM's stop-gradient rollout)."""
-    h = 1.0 / cfg.flow_steps
-    b = noise.shape[0]
-
-    def step(x, i):
-        t = jnp.full((b,), i * h, noise.dtype)
-        return x + h * velocity(obs, x, t), None
-
-    x, _ = jax.lax.scan(step, noise, jnp.arange(cfg.flow_steps), unroll=cfg.scan_unroll)
-    return jnp.clip(x, cfg.action_low, cfg.action_high)
-
-
 def q_grad_loss(
     velocity, q_fn, obs: Obs, bc_loss: jax.Array, rng: jax.Array, action_shape: tuple[int, int], flow: FlowConfig,
     cfg: ExtractionConfig,
@@ -155,7 +141,7 @@ def q_grad_loss(
     stop-gradient mean |Q| (TD3+BC) keeps alpha meaningful whatever the return scale.
     """
     b = jax.tree_util.tree_leaves(obs)[0].shape[0]
-    a = euler_sample_differentiable(velocity, obs, jax.random.normal(rng, (b, *action_shape)), flow)
+    a = euler_sample(velocity, obs, jax.random.normal(rng, (b, *action_shape)), flow)  # differentiable: no stop-gradient
     q = jnp.mean(q_fn(obs, a), axis=0)
     lam = jax.lax.stop_gradient(1.0 / jnp.maximum(jnp.mean(jnp.abs(q)), 1e-3))
     loss = -lam * jnp.mean(q) + cfg.q_grad_bc_weight * bc_loss

@@ -20,10 +20,10 @@ import time
 
 import numpy as np
 
-from lwd_jax.data import schema
+from fleet_api import schema
+from fleet_api.schema import Episode
 from lwd_jax.data.rlds_reader import RLDSReader
 from lwd_jax.data.rlds_writer import RLDSWriter
-from lwd_jax.data.schema import Episode
 
 TASKS = ("cube-single", "scene-task1", "puzzle-3x3")
 

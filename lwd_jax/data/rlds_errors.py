@@ -7,7 +7,7 @@ keep working, while the reader's skip mode can report each bad episode with its 
 
 from __future__ import annotations
 
-from lwd_jax.data.schema import SchemaError
+from fleet_api.schema import SchemaError
 
 
 class RLDSReadError(SchemaError):

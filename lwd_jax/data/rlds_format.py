@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from lwd_jax.data import schema
-from lwd_jax.data.schema import Episode, assemble_episode
+from fleet_api import schema
+from fleet_api.schema import Episode, assemble_episode
 
 DATASET_NAME = "lwd_episodes"
 DATASET_VERSION = "1.0.0"

@@ -30,7 +30,7 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from lwd_jax.data import schema
+from fleet_api import schema
 from lwd_jax.data.rlds_errors import RLDSReadError
 
 KeyMap = Mapping[str, "str | Sequence[str] | None"]

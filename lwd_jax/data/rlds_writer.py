@@ -33,8 +33,8 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from fleet_api.schema import Episode, SchemaError, validate_episode
 from lwd_jax.data import rlds_format
-from lwd_jax.data.schema import Episode, SchemaError, validate_episode
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ LOCK_NAME = ".lwd_rlds_writer.lock"
 TMP_MARK = ".tmp-"  # temporary files are ".<final name>.tmp-<pid>"
 ORPHAN_SUFFIX = ".orphan"
 DEFAULT_EPISODES_PER_SHARD = 32  # offline bulk writes: a few MB per shard, few files, cheap appends
-DATASET_DESCRIPTION = "lwd-jax robot episodes (RLDS step convention of lwd_jax/data/schema.py)"
+DATASET_DESCRIPTION = "lwd-jax robot episodes (RLDS step convention of fleet_api/schema.py)"
 
 
 @dataclasses.dataclass

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from lwd_jax.data.schema import Episode, SchemaError
+from fleet_api.schema import Episode, SchemaError
 
 OBS_PREFIX = "observation/"
 NEXT_OBS_PREFIX = "next_observation/"

@@ -25,7 +25,7 @@ import secrets
 import tempfile
 from collections.abc import Mapping, Sequence
 
-from robot_bridge.wire import BEARER_PREFIX, METADATA_AUTHORIZATION, METADATA_ROBOT_ID
+from fleet_api.wire import BEARER_PREFIX, METADATA_AUTHORIZATION, METADATA_ROBOT_ID
 
 HASH_PREFIX = "sha256:"
 TOKEN_BYTES = 32  # 256 bits of entropy from `secrets`

@@ -11,11 +11,16 @@ shardings) gives bit-identical arrays, and the data cursor lets the loop continu
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import orbax.checkpoint as ocp
+
+from lwd_jax.agent import LWDAgent
 
 AGENT = "agent"
 META = "meta"
@@ -70,3 +75,31 @@ class Checkpointer:
     def close(self) -> None:
         self._mngr.wait_until_finished()
         self._mngr.close()
+
+
+def init_from_pretrained(src_workdir: str, agent: LWDAgent, state, example: dict, pretrain_steps: int):
+    """`state` with the BC flow (base, its frozen reference, the policy copied from it, the base's optimizer)
+    and the step counter of `src_workdir`'s latest checkpoint, which must be a finished BC pretrain.
+
+    Why only the BC flow: critics and value heads differ between methods (scalar vs distributional), but
+    every method starts from the same pretrained policy, exactly as every method in the paper starts from SFT.
+    """
+    src = Checkpointer(os.path.join(src_workdir, "checkpoints"))
+    step = src.latest_step()
+    if step is None:
+        raise ValueError(f"config.init_from: no checkpoint in {src_workdir}/checkpoints")
+    src_cfg = ml_collections.ConfigDict(json.loads(src.meta(step)["config"]))
+    src_agent = LWDAgent(src_cfg.agent, agent.mesh)
+    src_state, meta, step = src.restore(src_agent.abstract_state(example), step)
+    src.close()
+    if meta.get("phase") != "pretrain" or step != pretrain_steps:
+        raise ValueError(f"config.init_from: {src_workdir} is at step {step} ({meta.get('phase')}); expected the end of "
+                         f"BC pretraining at step {pretrain_steps}")
+    take = ("base", "base_ref", "actor")
+    for k in take:
+        want, got = jax.tree.map(jnp.shape, state.params[k]), jax.tree.map(jnp.shape, src_state.params[k])
+        if want != got:
+            raise ValueError(f"config.init_from: params['{k}'] of {src_workdir} have other shapes than this config's nets")
+    params = dict(state.params, **{k: src_state.params[k] for k in take})
+    opt_state = dict(state.opt_state, base=src_state.opt_state["base"])
+    return state.replace(step=src_state.step, params=params, opt_state=opt_state)

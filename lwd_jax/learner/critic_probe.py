@@ -9,20 +9,17 @@ does neither, and an extraction against it only chases its noise. Pure numpy: th
 
 from __future__ import annotations
 
+import json
+import os
+
+import jax
 import numpy as np
+from scipy.stats import rankdata
 
-
-def ranks(x: np.ndarray) -> np.ndarray:
-    """Average ranks (1-based; ties share the mean of their positions) of the values x [N]."""
-    x = np.asarray(x, np.float64)
-    order = np.argsort(x, kind="mergesort")
-    r = np.empty(len(x), np.float64)
-    r[order] = np.arange(1, len(x) + 1)
-    uniq, inv, counts = np.unique(x, return_inverse=True, return_counts=True)
-    if len(uniq) < len(x):  # ties: replace each group's ranks by their mean
-        sums = np.bincount(inv, weights=r)
-        r = (sums / counts)[inv]
-    return r
+from lwd_jax.agent import LWDAgent
+from lwd_jax.data import batching
+from lwd_jax.data.replay import TransitionBuffer
+from lwd_jax.learner.metrics_log import MetricsLogger
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -41,7 +38,7 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    r = ranks(scores)
+    r = rankdata(scores)  # average ranks: ties share the mean of their positions
     return float((r[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
@@ -55,7 +52,7 @@ def probe_stats(q: np.ndarray, v: np.ndarray, mc_return: np.ndarray) -> dict[str
     success = g > 0
     out = {
         "q_mc_pearson": pearson(q, g),
-        "q_mc_spearman": pearson(ranks(q), ranks(g)),
+        "q_mc_spearman": pearson(rankdata(q), rankdata(g)),
         "v_mc_pearson": pearson(v, g),
         "q_success_auroc": auroc(q, success),
         "q_mean": float(q.mean()),
@@ -65,3 +62,31 @@ def probe_stats(q: np.ndarray, v: np.ndarray, mc_return: np.ndarray) -> dict[str
     if success.any() and (~success).any():
         out["q_gap_success_minus_failure"] = float(q[success].mean() - q[~success].mean())
     return out
+
+
+class CriticProbe:
+    """`probe_stats` of the target critic on a fixed, task-balanced set of offline transitions: logged as
+    probe/* on the learner's log cadence and saved per stage in workdir/probe.json."""
+
+    def __init__(self, cfg, agent: LWDAgent, offline: TransitionBuffer, stats, table):
+        rows = offline.sample(np.random.default_rng([cfg.seed, 7]), cfg.probe_size, balanced=cfg.data.task_balanced)
+        batch = batching.agent_batch(rows, stats, table)
+        self.agent, self.obs, self.actions, self.mc = agent, batch["observations"], batch["actions"], rows["mc_return"]
+        self.path = os.path.join(cfg.workdir, "probe.json")
+
+    def stats(self, state) -> dict[str, float]:
+        vals = jax.device_get(self.agent.critic_values(state.params, self.obs, self.actions))
+        return probe_stats(vals["q"], vals["v"], self.mc)
+
+    def log(self, state, step: int, logger: MetricsLogger) -> None:
+        logger.log(step, self.stats(state), prefix="probe")
+
+    def save(self, state, step: int, stage: str) -> None:
+        saved = {}
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                saved = json.load(f)
+        saved[stage] = {"step": int(step), **self.stats(state)}
+        with open(self.path + ".tmp", "w") as f:
+            json.dump(saved, f, indent=1)
+        os.replace(self.path + ".tmp", self.path)

@@ -6,15 +6,13 @@ its seed: episode i of task k always resets with the same seed, and the policy's
 `teleop`, the simulated human's expert) is derived from it, so two runs of the same checkpoint give the
 same table.
 
-Reports (`write_report`): `<stem>.json` holds every episode, the per-task summaries and the short/long/all
-averages (NaN, e.g. the cycle time of a task never solved, is written as null); `<stem>.md` is the table.
+The statistics and report files are `lwd_jax/learner/eval_report.py`; `EvalCache` keeps a run's evaluations
+on disk so a resumed run reuses them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import multiprocessing as mp
 import os
 from collections.abc import Mapping, Sequence
@@ -22,33 +20,20 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+import jax
 import numpy as np
+
+from lwd_jax.agent import policy_params
+from lwd_jax.learner.eval_report import EpisodeResult, summarize
+from lwd_jax.learner.metrics_log import MetricsLogger
+from lwd_jax.policy import Policy, encode_policy
+from lwd_jax.sim.env import make_env
+from lwd_jax.sim.recorder import record_episode
+from lwd_jax.sim.teleop import TeleopConfig
 
 _WORKER: dict[str, Any] = {}
 
-# The sim's nominal control rate: OGBench manipspace steps at control_timestep = 0.05 s (lwd_jax/sim/env.py
-# leaves it at its default; the bridge's SimRobot runs at the same 20 Hz). Cycle times in seconds use it.
-SIM_CONTROL_HZ = 20.0
-Z95 = 1.96  # two-sided 95% normal quantile (1.959964), as the usual tables round it
-# Per-task summary keys averaged over tasks in a report (interval bounds are not: a mean of bounds is no interval).
-AVERAGED = (
-    "success_rate", "stepwise_score", "cycle_time_success", "cycle_time_all", "cycle_time_success_s",
-    "cycle_time_all_s", "intervention_rate",
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class EpisodeResult:
-    task: str
-    seed: int
-    success: bool
-    steps: int  # control steps until success, or the step budget on a failure
-    subgoal_frac: float  # sub-goals reached / the task's number of sub-goals (step-wise score)
-    budget: int
-    intervention_rate: float = 0.0  # fraction of steps the simulated teleoperator drove (0 without one)
-
-
-def episode_seed(base_seed: int, task_index: int, episode: int) -> int:
+def eval_episode_seed(base_seed: int, task_index: int, episode: int) -> int:
     """A fixed, collision-free reset seed per (task, episode), so every method meets the same scenes."""
     return int(base_seed) * 1_000_003 + task_index * 10_007 + episode
 
@@ -66,21 +51,19 @@ def run_policy_episode(policy: Any, task: str, seed: int, teleop: Any = None) ->
 
     `teleop`: a `TeleopConfig` to have the simulated human watch the episode (built per episode from `seed`).
     """
-    from lwd_jax.sim.env import make_env
-    from lwd_jax.sim.rollout import rollout
-
     env = _WORKER.setdefault("envs", {}).get(task)
     if env is None:  # building a MuJoCo scene costs as much as a short episode: one per task per worker
         env = _WORKER["envs"][task] = make_env(task)
-    ep = rollout(task, policy, seed=seed, teleop=teleop, env=env, validate=False).episode
+    ep = record_episode(task, policy, seed=seed, teleop=teleop, env=env, validate=False).episode
     return episode_result(ep, seed, env.step_budget)
 
 
 def _init_worker(blob: bytes, seed: int) -> None:
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    os.environ["MUJOCO_GL"] = "disable"  # EGL + TensorFlow in one process aborts at exit; eval never renders
-    from lwd_jax.policy import Policy
-
+    # Workers act on the CPU unless told otherwise (before JAX picks a backend: nothing has run yet here), so
+    # evaluation never competes with the learner for an accelerator. MuJoCo's GL backend was fixed when the
+    # sim was imported (lwd_jax.sim: headless default "disable"; eval never renders).
+    if "JAX_PLATFORMS" not in os.environ:
+        jax.config.update("jax_platforms", "cpu")
     _WORKER["policy"] = Policy(blob, seed=seed)
 
 
@@ -94,8 +77,6 @@ def _run_job(job: tuple[str, int, Any]) -> EpisodeResult:
 def _teleop_config(teleop: Any) -> Any:
     if teleop is False or teleop is None:
         return None
-    from lwd_jax.sim.teleop import TeleopConfig
-
     return TeleopConfig() if teleop is True else teleop
 
 
@@ -118,7 +99,7 @@ def evaluate(
     order = list(all_tasks) if all_tasks is not None else list(tasks)
     counts = episodes_per_task if isinstance(episodes_per_task, Mapping) else {t: episodes_per_task for t in tasks}
     human = _teleop_config(teleop)
-    jobs = [(t, episode_seed(seed, order.index(t), i), human) for t in tasks for i in range(int(counts[t]))]
+    jobs = [(t, eval_episode_seed(seed, order.index(t), i), human) for t in tasks for i in range(int(counts[t]))]
     if workers <= 1:
         _init_worker(blob, seed)
         return [_run_job(j) for j in jobs]
@@ -136,271 +117,45 @@ def evaluate(
             ) from e
 
 
-# ================================================================================================ statistics
-def _wilson(p: float, n: int, z: float) -> tuple[float, float]:
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(max(p * (1 - p), 0.0) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+class EvalCache:
+    """Per-task simulator evaluations, stored in workdir/evals/<name>.json so a resumed run reuses them."""
+
+    def __init__(self, cfg, agent, stats, tasks, all_tasks):
+        self.cfg, self.agent, self.stats, self.tasks, self.all_tasks = cfg, agent, stats, tasks, all_tasks
+        self.dir = os.path.join(cfg.workdir, "evals")
+        os.makedirs(self.dir, exist_ok=True)
+
+    def get(self, name: str, state, kind: str, step: int, logger: MetricsLogger | None = None) -> dict:
+        """The evaluation `name` (taken at `step`), computed from `state` unless already on disk."""
+        path = os.path.join(self.dir, name.replace(" ", "_") + ".json")
+        if os.path.exists(path):
+            with open(path) as f:
+                saved = json.load(f)
+            if saved["step"] == step and saved["tasks"] == self.tasks:
+                return saved["summary"]
+        summary = evaluate_state(self.cfg, self.agent, state, self.stats, self.tasks, self.all_tasks, kind)
+        with open(path + ".tmp", "w") as f:
+            json.dump({"step": step, "tasks": self.tasks, "summary": summary}, f)
+        os.replace(path + ".tmp", path)
+        if logger is not None:
+            self._log(logger, step, summary, name)
+        return summary
+
+    def log_only(self, state, step: int, logger: MetricsLogger) -> None:
+        summary = evaluate_state(self.cfg, self.agent, state, self.stats, self.tasks, self.all_tasks, "policy")
+        self._log(logger, step, summary, "policy")
+
+    @staticmethod
+    def _log(logger: MetricsLogger, step: int, summary: dict, name: str) -> None:
+        logger.log(step, {t: {"success": s["success_rate"], "score": s["stepwise_score"], "cycle_time": s["cycle_time_all"]}
+                          for t, s in summary.items()}, prefix="eval/" + name.replace(" ", "_"))
 
 
-def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """95% Wilson score interval of a binomial rate (sane at 0/n and n/n, unlike the normal one)."""
-    if n == 0:
-        return (0.0, 1.0)
-    return _wilson(successes / n, n, z)
-
-
-def score_interval(scores: Sequence[float], z: float = Z95) -> tuple[float, float]:
-    """95% interval of the mean step-wise score (each episode's score in [0, 1]).
-
-    The Wilson interval at the mean score, i.e. with the variance bound mean * (1 - mean) that holds for any
-    [0, 1]-valued score. Why not a t/normal interval on the sample variance, or a bootstrap: at evaluation sizes
-    (10-40 episodes) a policy often scores the same on every episode (all 0, or all 1 on short tasks), where both
-    give a zero-width interval, claiming certainty from a handful of episodes; they also leave [0, 1] near the
-    ends. The bounded-variance interval stays inside [0, 1], is conservative (coverage at least nominal; exact
-    Wilson when the scores are 0/1, so it equals the success interval there) and needs no random numbers.
-    """
-    n = len(scores)
-    if n == 0:
-        return (0.0, 1.0)
-    m = float(np.mean(scores))
-    if not 0.0 <= m <= 1.0:
-        raise ValueError(f"score_interval: scores must lie in [0, 1], got mean {m}")
-    return _wilson(m, n, z)
-
-
-def summarize(results: Sequence[EpisodeResult], control_hz: float = SIM_CONTROL_HZ) -> dict[str, dict[str, float]]:
-    """Per task: success rate (+ Wilson interval), step-wise score (+ interval), cycle time (steps, and seconds at
-    `control_hz`) on successes and with failures counted at the step budget, mean intervention rate."""
-    out: dict[str, dict[str, float]] = {}
-    for task in dict.fromkeys(r.task for r in results):
-        rs = [r for r in results if r.task == task]
-        wins = [r for r in rs if r.success]
-        lo, hi = wilson_interval(len(wins), len(rs))
-        scores = [r.subgoal_frac for r in rs]
-        s_lo, s_hi = score_interval(scores)
-        ct_success = float(np.mean([r.steps for r in wins])) if wins else float("nan")
-        ct_all = float(np.mean([r.steps if r.success else r.budget for r in rs]))
-        out[task] = {
-            "episodes": len(rs),
-            "success_rate": len(wins) / len(rs),
-            "success_lo": lo,
-            "success_hi": hi,
-            "stepwise_score": float(np.mean(scores)),
-            "score_lo": s_lo,
-            "score_hi": s_hi,
-            "cycle_time_success": ct_success,
-            "cycle_time_all": ct_all,
-            "cycle_time_success_s": ct_success / control_hz,
-            "cycle_time_all_s": ct_all / control_hz,
-            "intervention_rate": float(np.mean([r.intervention_rate for r in rs])),
-        }
-    return out
-
-
-def default_long_tasks(tasks: Sequence[str]) -> set[str]:
-    """The registered long-horizon tasks among `tasks` (names not in the registry count as short)."""
-    from lwd_jax.sim.tasks import TASKS
-
-    return {t for t in tasks if t in TASKS and TASKS[t].is_long}
-
-
-def averages(summary: Mapping[str, Mapping[str, float]], long_tasks: set[str]) -> dict[str, dict[str, float]]:
-    """Means over tasks of the AVERAGED keys, for all / short / long tasks (cycle time on successes: over the
-    tasks with at least one success; NaN when none)."""
-    groups = {
-        "all": list(summary),
-        "short": [t for t in summary if t not in long_tasks],
-        "long": [t for t in summary if t in long_tasks],
-    }
-    out: dict[str, dict[str, float]] = {}
-    for name, ts in groups.items():
-        if not ts:
-            continue
-        row: dict[str, float] = {"tasks": len(ts), "episodes": int(sum(summary[t]["episodes"] for t in ts))}
-        for k in AVERAGED:
-            vals = [summary[t][k] for t in ts if k in summary[t] and not math.isnan(summary[t][k])]
-            row[k] = float(np.mean(vals)) if vals else float("nan")
-        out[name] = row
-    return out
-
-
-# ================================================================================================ tables
-def _num(x: float, fmt: str) -> str:
-    return "–" if x is None or math.isnan(x) else format(x, fmt)
-
-
-def _detail_headers(m: str, interventions: bool) -> list[str]:
-    heads = [f"{m} success [95% CI]", f"{m} score [95% CI]", f"{m} cycle steps (success / all)", f"{m} cycle s (success / all)"]
-    return heads + ([f"{m} intervention"] if interventions else [])
-
-
-def _detail_cell(s: Mapping[str, float] | None, interventions: bool, intervals: bool = True) -> list[str]:
-    """One method's cells of a task row (with 95% intervals) or of an average row (`intervals=False`)."""
-    if s is None:
-        return ["–"] * (5 if interventions else 4)
-    ci = (lambda k: f" [{s[k + '_lo']:.2f}, {s[k + '_hi']:.2f}]") if intervals else (lambda k: "")
-    cells = [
-        f"{s['success_rate']:.2f}{ci('success')}",
-        f"{s['stepwise_score']:.2f}{ci('score')}",
-        f"{_num(s['cycle_time_success'], '.0f')} / {_num(s['cycle_time_all'], '.0f')}",
-        f"{_num(s['cycle_time_success_s'], '.1f')} / {_num(s['cycle_time_all_s'], '.1f')}",
-    ]
-    return cells + ([f"{s['intervention_rate']:.2f}"] if interventions else [])
-
-
-def _row(cells: list[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
-
-
-def markdown_table(
-    columns: dict[str, dict[str, dict[str, float]]],
-    long_tasks: set[str] | None = None,
-    *,
-    detail: bool = False,
-    interventions: bool = False,
-) -> str:
-    """`columns`: method -> summarize() output. Rows: tasks, then averages (all, and short/long).
-
-    Default: success [95% CI], score and cycle steps per method (the training script's table). `detail=True`
-    adds the score interval, cycle time in steps and seconds (on successes / with failures at budget) and, with
-    `interventions`, the mean fraction of steps the simulated teleoperator drove.
-    """
-    if detail:
-        return _detail_table(columns, long_tasks, interventions)
-    methods = list(columns)
-    tasks = list(dict.fromkeys(t for m in methods for t in columns[m]))
-    head = "| task | " + " | ".join(f"{m} success | {m} score | {m} cycle (steps)" for m in methods) + " |"
-    sep = "|---" * (1 + 3 * len(methods)) + "|"
-    lines = [head, sep]
-
-    def cell(s: dict[str, float] | None) -> str:
-        if s is None:
-            return " – | – | – "
-        ct = s["cycle_time_success"]
-        return f" {s['success_rate']:.2f} [{s['success_lo']:.2f}, {s['success_hi']:.2f}] | {s['stepwise_score']:.2f} | {'–' if math.isnan(ct) else f'{ct:.0f}'} "
-
-    for t in tasks:
-        tag = " (long)" if long_tasks and t in long_tasks else ""
-        lines.append(f"| {t}{tag} |" + "|".join(cell(columns[m].get(t)) for m in methods) + "|")
-    groups = [("average", tasks)]
-    if long_tasks:
-        groups += [("average short", [t for t in tasks if t not in long_tasks]), ("average long", [t for t in tasks if t in long_tasks])]
-    for name, ts in groups:
-        if not ts:
-            continue
-        cells = []
-        for m in methods:
-            ss = [columns[m][t] for t in ts if t in columns[m]]
-            sr = np.mean([s["success_rate"] for s in ss])
-            sc = np.mean([s["stepwise_score"] for s in ss])
-            ct = np.mean([s["cycle_time_all"] for s in ss])
-            cells.append(f" {sr:.2f} | {sc:.2f} | {ct:.0f} (all) ")
-        lines.append(f"| **{name}** |" + "|".join(cells) + "|")
-    return "\n".join(lines)
-
-
-def _detail_table(columns: dict[str, dict[str, dict[str, float]]], long_tasks: set[str] | None, interventions: bool) -> str:
-    methods = list(columns)
-    tasks = list(dict.fromkeys(t for m in methods for t in columns[m]))
-    long_tasks = long_tasks or set()
-    head = ["task"] + [h for m in methods for h in _detail_headers(m, interventions)]
-    lines = [_row(head), "|---" * len(head) + "|"]
-    for t in tasks:
-        tag = " (long)" if t in long_tasks else ""
-        lines.append(_row([t + tag] + [c for m in methods for c in _detail_cell(columns[m].get(t), interventions)]))
-    avgs = {m: averages(columns[m], long_tasks) for m in methods}
-    for group, name in (("all", "average"), ("short", "average short"), ("long", "average long")):
-        if (group != "all" and not long_tasks) or not any(group in avgs[m] for m in methods):
-            continue
-        lines.append(_row([f"**{name}**"] + [c for m in methods for c in _detail_cell(avgs[m].get(group), interventions, intervals=False)]))
-    return "\n".join(lines)
-
-
-# ================================================================================================ reports
-def _jsonable(x: Any) -> Any:
-    """NaN -> None (strict JSON), recursively."""
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    if isinstance(x, Mapping):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
-    return x
-
-
-def write_report(
-    results: Sequence[EpisodeResult] | Mapping[str, Sequence[EpisodeResult]],
-    path_stem: str,
-    *,
-    seed: int | None = None,
-    policy: Mapping[str, Any] | None = None,
-    teleop: bool = False,
-    long_tasks: set[str] | None = None,
-    control_hz: float = SIM_CONTROL_HZ,
-) -> dict[str, Any]:
-    """Writes `<path_stem>.json` and `<path_stem>.md`; returns the JSON report (with NaN as None).
-
-    `results`: one method's episodes (named by `policy["kind"]`, else "policy") or method -> episodes.
-    `policy`: what was evaluated (e.g. `ExportedPolicy.info()`), recorded as is. Nothing time-dependent is
-    written, so the same evaluation gives byte-identical files.
-    """
-    if not isinstance(results, Mapping):
-        results = {str((policy or {}).get("kind", "policy")): list(results)}
-    tasks = list(dict.fromkeys(r.task for rs in results.values() for r in rs))
-    long_tasks = default_long_tasks(tasks) if long_tasks is None else set(long_tasks)
-    summaries = {m: summarize(rs, control_hz) for m, rs in results.items()}
-    episodes = {t: max(sum(1 for r in rs if r.task == t) for rs in results.values()) for t in tasks}
-    report = {
-        "seed": seed,
-        "teleop": bool(teleop),
-        "control_hz": control_hz,
-        "policy": dict(policy or {}),
-        "tasks": tasks,
-        "long_tasks": sorted(long_tasks & set(tasks)),
-        "episodes_per_task": episodes,
-        "methods": {
-            m: {
-                "summary": summaries[m],
-                "averages": averages(summaries[m], long_tasks),
-                "episodes": [dataclasses.asdict(r) for r in rs],
-            }
-            for m, rs in results.items()
-        },
-    }
-    report = _jsonable(report)
-    os.makedirs(os.path.dirname(os.path.abspath(path_stem)), exist_ok=True)
-    with open(path_stem + ".json", "w") as f:
-        json.dump(report, f, indent=1, allow_nan=False)
-        f.write("\n")
-    with open(path_stem + ".md", "w") as f:
-        f.write(report_markdown(report) + "\n")
-    return report
-
-
-def report_markdown(report: Mapping[str, Any]) -> str:
-    """The `.md` of a report: a header naming policy, seed, episodes and teleop, then the detailed table."""
-    summaries = {
-        m: {t: {k: float("nan") if v is None else v for k, v in s.items()} for t, s in body["summary"].items()}
-        for m, body in report["methods"].items()
-    }
-    pol = report.get("policy") or {}
-    eps = sorted(set(report["episodes_per_task"].values()))
-    header = [
-        "# Evaluation: " + ", ".join(report["methods"]),
-        "",
-        ", ".join(f"{k} {v}" for k, v in pol.items() if k != "kind") or "policy: (not recorded)",
-        f"seed {report['seed']}; episodes per task {'/'.join(map(str, eps))}; teleop {'on' if report['teleop'] else 'off'}; "
-        f"cycle time in control steps and in seconds at {report['control_hz']:g} Hz, failures counted at the step budget.",
-        "",
-    ]
-    table = markdown_table(summaries, set(report["long_tasks"]), detail=True, interventions=bool(report["teleop"]))
-    return "\n".join(header) + table
-
-
-def load_results(path: str) -> dict[str, list[EpisodeResult]]:
-    """Method -> episodes of a `write_report` JSON (to re-summarize, or to compare methods across runs)."""
-    with open(path) as f:
-        report = json.load(f)
-    return {m: [EpisodeResult(**e) for e in body["episodes"]] for m, body in report["methods"].items()}
+def evaluate_state(cfg, agent, state, stats, tasks, all_tasks, kind: str) -> dict:
+    """Per-task summary of the policy ('policy': fine-tuned LWD; 'base': the BC flow) in the simulator."""
+    if cfg.eval.episodes_per_task <= 0:
+        return {}
+    params = jax.device_get(policy_params(state, kind))
+    blob = encode_policy(cfg.agent, params, stats, version=int(state.step), kind=kind)
+    res = evaluate(blob, tasks, cfg.eval.episodes_per_task, cfg.eval.seed, cfg.eval.workers, all_tasks)
+    return summarize(res)

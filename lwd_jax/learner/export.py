@@ -17,9 +17,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from lwd_jax.data import schema
+from fleet_api import schema
+from lwd_jax.agent import LWDAgent, policy_params
 from lwd_jax.data.normalize import NormStats
 from lwd_jax.learner.checkpoint import Checkpointer
+from lwd_jax.nets.language import BertConfig, default_model_dir
 from lwd_jax.policy import KINDS, encode_policy
 
 CHECKPOINT_DIR = "checkpoints"  # under a run's workdir (experiments/train.py)
@@ -43,7 +45,6 @@ class ExportedPolicy:
 
 def lang_embed_dim() -> int:
     """Width of the instruction embedding the policy was built for (the frozen encoder's hidden size)."""
-    from lwd_jax.nets.language import BertConfig, default_model_dir
 
     return BertConfig.from_json(default_model_dir() / "config.json").hidden_size
 
@@ -96,7 +97,6 @@ def export_policy(workdir: str, kind: str = "policy", step: int | None = None,
     `recap_indicator` (-1, 0 or 1; None: as trained, i.e. +1): the advantage indicator a RECAP policy acts with,
     to see what the conditioning does (a RECAP run only: any other run's policy has no indicator).
     """
-    from lwd_jax.agent import LWDAgent, policy_params  # local: the agent pulls in the nets and optimizers
 
     if kind not in KINDS:
         raise ValueError(f"export: kind expected one of {KINDS}, got {kind!r}")
@@ -121,7 +121,7 @@ def export_policy(workdir: str, kind: str = "policy", step: int | None = None,
                 raise ValueError(f"export: recap_indicator needs the policy of a RECAP run; {workdir} has extraction "
                                  f"{cfg.agent.get('extraction', 'qam')!r} (kind {kind!r})")
             with cfg.unlocked():
-                cfg.agent.extract.recap_act_indicator = float(recap_indicator)
+                cfg.agent.baselines.recap_act_indicator = float(recap_indicator)
         agent = LWDAgent(cfg.agent, mesh=None)
         try:
             state, _, _ = ckpt.restore(agent.abstract_state(example_obs(cfg.agent)), step)

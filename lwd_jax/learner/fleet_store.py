@@ -21,9 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from fleet_api.schema import Episode
 from lwd_jax.data.batching import InstructionTable, buffer_columns
 from lwd_jax.data.replay import Batch, TransitionBuffer, mixed_batch
-from lwd_jax.data.schema import Episode
+from lwd_jax.data.rlds_reader import RLDSReader
+from lwd_jax.data.rlds_writer import RLDSWriter
 from lwd_jax.data.transitions import chunk_transitions
 
 
@@ -75,8 +77,6 @@ class FleetStore:
         durable: bool = True,
         keep: str = "all",
     ):
-        from lwd_jax.data.rlds_writer import RLDSWriter
-
         self.rlds_dir = rlds_dir
         self._cut = dict(chunk_len=chunk_len, n_chunks=n_chunks, gamma=gamma, task_ids=dict(task_ids))
         self._table = table
@@ -117,7 +117,6 @@ class FleetStore:
 
     def rebuild(self) -> list[str]:
         """Replays the fleet dataset on disk into the (empty) buffer; returns the stored episode ids."""
-        from lwd_jax.data.rlds_reader import RLDSReader
 
         if self.writer.num_episodes == 0:
             return []

@@ -28,10 +28,9 @@ from lwd_jax.data import batching
 from lwd_jax.data.normalize import NormStats
 from lwd_jax.data.replay import TransitionBuffer
 from lwd_jax.learner.auth import TokenAuth
-from lwd_jax.learner.checkpoint import Checkpointer
 from lwd_jax.learner.fleet_store import FleetEpisode, FleetStore, fleet_summary
 from lwd_jax.learner.local_fleet import LocalFleet, plan_fleet
-from lwd_jax.learner.metrics_log import MetricsLogger, check_finite
+from lwd_jax.learner.loop import Learner, Phase, UpdateFn
 from lwd_jax.learner.service import FleetServicer, PolicyStore, serve
 from lwd_jax.policy import encode_policy
 from lwd_jax.sim.tasks import get_task
@@ -66,12 +65,12 @@ def run_online(
     table: batching.InstructionTable,
     tasks: list[str],
     task_ids: dict[str, int],
-    logger: MetricsLogger,
-    ckpt: Checkpointer,
+    learner: Learner,
+    update: UpdateFn,
     total_steps: int,
-    progress: Any = None,
 ) -> tuple[Any, OnlineReport]:
-    """Trains from `state.step` to `total_steps` while the fleet runs; returns the final state and the report."""
+    """Trains with `update` from `state.step` to `total_steps` while the fleet runs (the learner loop's
+    "online" phase); returns the final state and the report."""
     oc = cfg.online
     root = os.path.join(cfg.workdir, "fleet")
     # Every registered wording, in one batch, so the servicer's thread never has to embed one.
@@ -107,8 +106,37 @@ def run_online(
         versions.append(version)
 
     step = int(state.step)
+    start = step
     t0 = time.time()
     autonomous = {s.robot_id for s in specs if not s.teleop}
+    u = cfg.updates_per_call
+
+    def batches(at: int) -> dict:
+        # Same budget for every method: learner updates keep pace with fleet episodes (a fast learner does
+        # not finish its updates on a fraction of the fleet's data; a slow one leaves the fleet idle).
+        want = _paced_episodes(oc.fleet_episodes, at + u - start, total_steps - start)
+        _wait_for_episodes(store, fleet, want, oc.warmup_timeout_s)
+        rng = np.random.default_rng([cfg.seed, at, 1])
+        cols = store.sample(rng, offline, cfg.batch_size * u, online_fraction(cfg, len(offline), store.num_transitions()),
+                            cfg.data.task_balanced)
+        return batching.stack(batching.agent_batch(cols, stats, table), u)
+
+    def after_update(st: Any, at: int) -> None:
+        if at % oc.publish_every < u or at >= total_steps:
+            publish(st)
+        _check_fleet(fleet)
+
+    def fleet_logs(at: int) -> dict[str, float]:
+        eps = store.snapshot()
+        summ = fleet_summary(eps, oc.log_window, tasks, autonomous or None)
+        return {"fleet/episodes": len(eps), "fleet/version": versions[-1], "fleet/transitions": store.num_transitions(),
+                **{f"fleet/{t}/success": s["success"] for t, s in summ.items()},
+                **{f"fleet/{t}/cycle_steps": s["cycle_steps"] for t, s in summ.items()
+                   if s["cycle_steps"] == s["cycle_steps"]}}  # NaN: no success in the window
+
+    phase = Phase("online", total_steps, update, batches, after_update=after_update, extra_logs=fleet_logs,
+                  checkpoint_meta=lambda: {"version": versions[-1], "fleet_episodes": len(store)},
+                  probe=False, evaluate_every=True)
     try:
         publish(state)
         fleet.start()
@@ -116,46 +144,13 @@ def run_online(
               f"({len(specs) - len(autonomous)} with a human attendant) at {oc.control_hz:g} Hz; "
               f"budget {oc.fleet_episodes or 'unbounded'} fleet episodes, {total_steps - step} learner updates", flush=True)
         _wait_for_warmup(store, fleet, oc.warmup_episodes, oc.warmup_timeout_s)
-        u = cfg.updates_per_call
-        start = step
-        while step < total_steps:
-            # Same budget for every method: learner updates keep pace with fleet episodes (a fast learner
-            # does not finish its updates on a fraction of the fleet's data; a slow one leaves the fleet idle).
-            want = _paced_episodes(oc.fleet_episodes, step + u - start, total_steps - start)
-            _wait_for_episodes(store, fleet, want, oc.warmup_timeout_s)
-            rng = np.random.default_rng([cfg.seed, step, 1])
-            cols = store.sample(rng, offline, cfg.batch_size * u, online_fraction(cfg, len(offline), store.num_transitions()),
-                                cfg.data.task_balanced)
-            batches = batching.stack(batching.agent_batch(cols, stats, table), u)
-            if hg_dagger:
-                state, metrics = agent.pretrain_update(state, batches)
-            else:
-                state, metrics = agent.update(state, batches, stage="online")
-            step += u
-            if progress is not None:
-                progress.update(u)
-            if step % oc.publish_every < u or step >= total_steps:
-                publish(state)
-            if step % cfg.log_every < u or step >= total_steps:
-                scalars = logger.log(step, jax.device_get(metrics), prefix="online")
-                check_finite(scalars, step)
-                eps = store.snapshot()
-                summ = fleet_summary(eps, oc.log_window, tasks, autonomous or None)
-                logger.log(step, {"fleet/episodes": len(eps), "fleet/version": versions[-1],
-                                  "fleet/transitions": store.num_transitions(),
-                                  **{f"fleet/{t}/success": s["success"] for t, s in summ.items()},
-                                  **{f"fleet/{t}/cycle_steps": s["cycle_steps"] for t, s in summ.items()
-                                     if s["cycle_steps"] == s["cycle_steps"]}})  # NaN: no success in the window
-            if step % cfg.checkpoint_every < u or step >= total_steps:
-                ckpt.save(step, state, {"phase": "online", "step": step, "version": versions[-1],
-                                        "fleet_episodes": len(store), "config": cfg.to_json()}, force=True)
-            _check_fleet(fleet)
+        state = learner.run(state, phase)
     finally:
         codes = fleet.stop(timeout_s=oc.stop_timeout_s)
         server.stop()
         store.close()
     report = OnlineReport(
-        fleet_episodes=store.snapshot(), learner_updates=step, versions_published=versions,
+        fleet_episodes=store.snapshot(), learner_updates=int(state.step), versions_published=versions,
         seconds=time.time() - t0, autonomous_robots=sorted(autonomous), robot_logs=fleet.episode_logs(),
         spooled_left=fleet.spooled(), robot_exit_codes=codes,
     )

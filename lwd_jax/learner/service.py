@@ -15,8 +15,8 @@ A persist failure answers UNAVAILABLE (the robot retries later) and leaves no tr
 Threading: gRPC runs handlers on a thread pool. `persist` and `on_accept` are serialized behind one lock by
 default (`serialize_callbacks=True`) because writers are rarely thread-safe; pass False if yours is.
 
-Layering note: this file imports the wire contract from `robot_bridge.protos`/`robot_bridge.wire`, the one
-module pair both sides of the API share.
+Layering note: the wire contract (`fleet_api.protos`, `fleet_api.wire`, `fleet_api.schema`) is the one
+package both sides of the API share; the health service is grpcio-health-checking's.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from concurrent import futures
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from lwd_jax.data.schema import Episode, SchemaError, validate_episode
-from lwd_jax.learner.auth import AuthError, TokenAuth
-from robot_bridge.protos import FLEET_SERVICE_NAME, fleet_pb2, fleet_pb2_grpc, health_pb2, health_pb2_grpc
-from robot_bridge.wire import (
+from fleet_api.protos import FLEET_SERVICE_NAME, fleet_pb2, fleet_pb2_grpc
+from fleet_api.schema import Episode, SchemaError, validate_episode
+from fleet_api.wire import (
     DEFAULT_PARAMS_CHUNK_BYTES,
     ID_PATTERN,
     METADATA_ERROR_FIELD,
@@ -47,6 +47,7 @@ from robot_bridge.wire import (
     field_of,
     params_to_messages,
 )
+from lwd_jax.learner.auth import AuthError, TokenAuth
 
 log = logging.getLogger(__name__)
 
@@ -89,54 +90,6 @@ class PolicyStore:
     def __call__(self) -> PolicyBlob | None:
         with self._lock:
             return self._blob
-
-
-# ------------------------------------------------------------------------------------------- health
-
-
-class HealthServicer(health_pb2_grpc.HealthServicer):
-    """The standard grpc.health.v1.Health service (Check and Watch); unauthenticated by design (probes)."""
-
-    def __init__(self, poll_s: float = DEFAULT_WATCH_POLL_S):
-        self._status: dict[str, int] = {}
-        self._cond = threading.Condition()
-        self._poll_s = poll_s
-        self._shutdown = False
-
-    def set(self, service: str, status: int) -> None:
-        with self._cond:
-            self._status[service] = status
-            self._cond.notify_all()
-
-    def shutdown(self) -> None:
-        """Marks every service NOT_SERVING and ends open Watch streams."""
-        with self._cond:
-            for s in self._status:
-                self._status[s] = health_pb2.HealthCheckResponse.NOT_SERVING
-            self._shutdown = True
-            self._cond.notify_all()
-
-    def Check(self, request, context):  # noqa: N802 (gRPC method name)
-        with self._cond:
-            status = self._status.get(request.service)
-        if status is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
-        return health_pb2.HealthCheckResponse(status=status)
-
-    def Watch(self, request, context):  # noqa: N802
-        last = None
-        while context.is_active():
-            with self._cond:
-                status = self._status.get(request.service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
-                if status == last and not self._shutdown:
-                    self._cond.wait(self._poll_s)
-                    continue
-                done = self._shutdown
-            if status != last:
-                yield health_pb2.HealthCheckResponse(status=status)
-                last = status
-            if done:
-                return
 
 
 # ------------------------------------------------------------------------------------------- fleet
@@ -481,11 +434,11 @@ class LearnerServer:
     server: grpc.Server
     port: int
     servicer: FleetServicer
-    health: HealthServicer
+    health: health.HealthServicer
 
     def stop(self, grace: float | None = DEFAULT_STOP_GRACE_S, close_timeout: float = DEFAULT_CLOSE_TIMEOUT_S) -> None:
         """NOT_SERVING -> finish running persists (refusing new ones) -> stop the server, waiting for it."""
-        self.health.shutdown()
+        self.health.enter_graceful_shutdown()  # every service NOT_SERVING, open Watch streams told
         if not self.servicer.close(close_timeout):
             log.error("stop: persist calls still running after %.1f s", close_timeout)
         self.server.stop(grace).wait()
@@ -510,16 +463,16 @@ def serve(
         options=server_options(max_message_bytes),
         maximum_concurrent_rpcs=maximum_concurrent_rpcs,
     )
-    health = HealthServicer()
+    health_servicer = health.HealthServicer()
     fleet_pb2_grpc.add_FleetServicer_to_server(servicer, server)
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"{host}:{port}"
     bound = server.add_secure_port(address, tls.credentials()) if tls else server.add_insecure_port(address)
     if not bound:
         raise RuntimeError(f"could not bind the learner's gRPC server to {address}")
     server.start()
     for name in ("", FLEET_SERVICE_NAME):
-        health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("learner gRPC service on %s (port %d, tls=%s, mtls=%s)", host, bound, tls is not None,
              bool(tls and tls.client_ca))
-    return LearnerServer(server=server, port=bound, servicer=servicer, health=health)
+    return LearnerServer(server=server, port=bound, servicer=servicer, health=health_servicer)

@@ -1,12 +1,12 @@
 """Simulated robot suite of the fleet: OGBench manipspace tasks, scripted experts, a simulated teleoperator.
 
-    from lwd_jax.sim import make_env, run_episode, ExpertConfig, TeleopConfig, task_names
-    ep = run_episode("scene_put_cube_in_drawer", "expert", seed=0)          # a validated schema.Episode
-    ep = run_episode("cube_pick_place", my_policy, seed=1, teleop=TeleopConfig())
+    from lwd_jax.sim import make_env, record_episode, ExpertConfig, TeleopConfig, task_names
+    ep = record_episode("scene_put_cube_in_drawer", "expert", seed=0).episode   # a validated schema.Episode
+    ep = record_episode("cube_pick_place", my_policy, seed=1, teleop=TeleopConfig()).episode
 
 Modules: `tasks` (registry), `env` (observation/action contract), `skills` (OGBench oracles as sub-skills),
-`experts` (task-level experts with noise/failure knobs), `teleop` (the simulated human), `rollout`
-(episode recorder), `lights_out` (puzzle solver), `measure_experts` (the README's expert table).
+`experts` (task-level experts with noise/failure knobs), `teleop` (the simulated human), `recorder`
+(episode recorder), `generate` (the offline dataset, `make data`), `lights_out` (puzzle solver), `measure_experts` (the README's expert table).
 """
 
 import os
@@ -18,9 +18,9 @@ if not os.environ.get("DISPLAY"):
     # headless, set MUJOCO_GL=egl (GPU machines) before importing lwd_jax.sim.
     os.environ.setdefault("MUJOCO_GL", "disable")
 
-from lwd_jax.sim.env import PROPRIO_LAYOUT  # noqa: E402, SimEnv, make_env
+from lwd_jax.sim.env import PROPRIO_LAYOUT, SimEnv, make_env  # noqa: E402
 from lwd_jax.sim.experts import ExpertConfig, ScriptedExpert, make_expert  # noqa: E402
-from lwd_jax.sim.rollout import EXPERT, RolloutResult, rollout, run_episode  # noqa: E402
+from lwd_jax.sim.recorder import EXPERT, Recording, record_episode  # noqa: E402
 from lwd_jax.sim.tasks import TASKS, Task, get_task, task_names  # noqa: E402
 from lwd_jax.sim.teleop import TeleopConfig, Teleoperator  # noqa: E402
 
@@ -29,7 +29,7 @@ __all__ = [
     "PROPRIO_LAYOUT",
     "TASKS",
     "ExpertConfig",
-    "RolloutResult",
+    "Recording",
     "ScriptedExpert",
     "SimEnv",
     "Task",
@@ -38,7 +38,6 @@ __all__ = [
     "get_task",
     "make_env",
     "make_expert",
-    "rollout",
-    "run_episode",
+    "record_episode",
     "task_names",
 ]

@@ -22,7 +22,7 @@ from typing import Any
 import mujoco
 import numpy as np
 
-from lwd_jax.data import schema
+from fleet_api import schema
 from lwd_jax.sim.tasks import SubgoalTracker, Task, get_task
 
 Obs = dict[str, np.ndarray]

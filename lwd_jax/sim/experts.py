@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from lwd_jax.data import schema
+from fleet_api import schema
 from lwd_jax.sim import lights_out
 from lwd_jax.sim.env import Obs, SimEnv
 from lwd_jax.sim.skills import (

@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from lwd_jax.sim.env import SimEnv
-from lwd_jax.sim.rollout import rollout
+from lwd_jax.sim.recorder import record_episode
 from lwd_jax.sim.tasks import get_task, task_names
 
 SUCCESS_TARGET = 0.95
@@ -51,7 +51,7 @@ def measure_task(name: str, episodes: int, seed_offset: int = 0) -> ExpertStats:
     successes, lengths, gaps, steps = [], [], [], 0
     start = time.perf_counter()
     for seed in range(seed_offset, seed_offset + episodes):
-        ep = rollout(task, "expert", seed=seed, env=env).episode
+        ep = record_episode(task, "expert", seed=seed, env=env).episode
         successes.append(ep.success)
         lengths.append(ep.num_steps)
         gaps.append(longest_gap(ep.subgoals))

@@ -484,6 +484,16 @@ def task_names() -> list[str]:
     return sorted(TASKS)
 
 
+def parse_tasks(spec: str, field: str = "config.tasks") -> list[str]:
+    """"all" or comma-separated task names -> the task list; an unknown or empty list is an error naming `field`."""
+    known = task_names()
+    tasks = known if spec == "all" else [t.strip() for t in spec.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in known]
+    if unknown or not tasks:
+        raise ValueError(f"{field}: unknown task(s) {unknown or spec!r} (known: {known})")
+    return tasks
+
+
 def get_task(name: str) -> Task:
     """The task registered as `name`; raises KeyError naming it and listing the known tasks."""
     try:

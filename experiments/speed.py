@@ -1,7 +1,7 @@
 """`make bench`: learner, inference and fleet-transport speed as one JSON document (never a timed test).
 
-    python -m experiments.bench --out results/bench.json            # full (~5-10 min on 2 CPU cores)
-    python -m experiments.bench --quick --only matmul,update         # a fast subset
+    python -m experiments.speed --out results/bench.json            # full (~5-10 min on 2 CPU cores)
+    python -m experiments.speed --quick --only matmul,update         # a fast subset
 
 Entries: the matmul roof of this machine; the full LWD update (DIVL + QAM) and BC at the default and the
 `gpu` (reference-size) configs: updates/s, samples/s, true GFLOP per update (every K-loop unrolled so XLA's
@@ -27,6 +27,18 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from experiments import bench_ingest as ingest
+from experiments import benchmark
+from experiments.configs.benchmark import get_config as benchmark_config
+from experiments.configs.multitask import get_config
+from lwd_jax.agent import LWDAgent, policy_params
+from lwd_jax.data.normalize import compute_stats
+from lwd_jax.fake import random_batches, random_obs
+from lwd_jax.learner.auth import TokenAuth
+from lwd_jax.learner.service import FleetServicer, PolicyStore, serve
+from lwd_jax.policy import encode_policy
+from robot_bridge.client import LearnerClient
 
 PARTS = ("matmul", "update", "update_gpu", "methods", "inference", "ingest", "push")
 
@@ -55,9 +67,6 @@ def bench_matmul(repeats: int) -> dict[str, float]:
 
 def bench_update(variant: str, batch: int, updates_per_call: int, repeats: int, roof: float | None) -> dict[str, Any]:
     """Full LWD update and BC step of `multitask.py:<variant>` on random batches of the real shapes."""
-    from experiments.configs.multitask import get_config
-    from lwd_jax.agent import LWDAgent
-    from tests.agent_fixtures import random_batches, random_obs
 
     cfg = get_config(variant)
     agent = LWDAgent(cfg.agent)
@@ -107,12 +116,8 @@ def bench_methods(quick: bool, repeats: int) -> dict[str, Any]:
     stage runs (offline-only ablations: the offline update), at the benchmark's net sizes and batch, and
     the budget it is given (BC pretrain, offline RL and online learner updates, fleet episodes). The fleet
     episodes a finished benchmark run actually stored are added from runs/benchmark when present."""
-    from experiments import benchmark
-    from experiments.configs.benchmark import get_config
-    from lwd_jax.agent import LWDAgent
-    from tests.agent_fixtures import random_batches, random_obs
 
-    bcfg = get_config("smoke" if quick else "")
+    bcfg = benchmark_config("smoke" if quick else "")
     out: dict[str, Any] = {}
     for method in (benchmark.SFT, *benchmark.bench_cfg.METHODS):
         cfg = benchmark.run_config(bcfg, 0, method)
@@ -164,9 +169,6 @@ def bench_methods(quick: bool, repeats: int) -> dict[str, Any]:
 
 def bench_inference(repeats: int) -> dict[str, float]:
     """Acting latency of the default policy: one robot (batch 1) and a batch of 64."""
-    from experiments.configs.multitask import get_config
-    from lwd_jax.agent import LWDAgent
-    from tests.agent_fixtures import random_obs
 
     agent = LWDAgent(get_config("").agent)
     state = agent.init(0, random_obs(np.random.default_rng(0), 2))
@@ -188,24 +190,14 @@ def bench_inference(repeats: int) -> dict[str, float]:
 
 
 def bench_ingest(quick: bool) -> dict[str, Any]:
-    from robot_bridge.bench_ingest import run
-
     out = {}
     for m in (4,) if quick else (4, 16):
-        out[f"uploaders_{m}"] = run(num_uploaders=m, episodes=5 if quick else 20, steps=200, steps_per_chunk=100)
+        out[f"uploaders_{m}"] = ingest.run(num_uploaders=m, episodes=5 if quick else 20, steps=200, steps_per_chunk=100)
     return out
 
 
 def bench_push(num_robots: int, repeats: int) -> dict[str, Any]:
     """Publish a default-size policy blob, then N robots fetch it concurrently (checksums verified)."""
-    from experiments.configs.multitask import get_config
-    from lwd_jax.agent import LWDAgent, policy_params
-    from lwd_jax.data.normalize import compute_stats
-    from lwd_jax.learner.auth import TokenAuth
-    from lwd_jax.learner.service import FleetServicer, PolicyStore, serve
-    from lwd_jax.policy import encode_policy
-    from robot_bridge.client import LearnerClient
-    from tests.agent_fixtures import random_obs
 
     cfg = get_config("")
     agent = LWDAgent(cfg.agent)

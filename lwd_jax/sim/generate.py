@@ -1,6 +1,6 @@
 """`make data`: generate the offline RLDS dataset with the simulated suite's scripted experts.
 
-    python -m lwd_jax.data.generate --config=experiments/configs/data.py --config.out_dir=data/offline
+    python -m lwd_jax.sim.generate --config=experiments/configs/data.py --config.out_dir=data/offline
 
 Why worker processes and one writer: MuJoCo stepping is single-threaded, so episodes are simulated in
 parallel (spawned workers, one env per task reused across episodes), while one process owns the RLDS
@@ -26,19 +26,25 @@ from absl import app
 from ml_collections import config_flags
 from tqdm import tqdm
 
+from lwd_jax.data.rlds_writer import RLDSWriter
+from lwd_jax.sim.env import make_env
+from lwd_jax.sim.experts import ExpertConfig
+from lwd_jax.sim.recorder import record_episode
+from lwd_jax.sim.tasks import get_task, parse_tasks, task_names
+from lwd_jax.sim.teleop import TeleopConfig
+
 COMPLETE_MARKER = ".complete"
 KIND_STREAM = {"demo": 0, "rollout": 1, "exploration": 2, "intervention": 3}
 _ENVS: dict[str, Any] = {}
 
 
-def episode_seed(seed: int, task_index: int, kind: str, index: int) -> int:
+def dataset_episode_seed(seed: int, task_index: int, kind: str, index: int) -> int:
     """Distinct, reproducible reset/expert seed per (task, kind, episode)."""
     return int(np.random.SeedSequence([seed, task_index, KIND_STREAM[kind], index]).generate_state(1)[0])
 
 
 def make_jobs(cfg: ml_collections.ConfigDict, tasks: list[str], all_tasks: list[str]) -> list[tuple[str, str, int]]:
     """(task, kind, seed) for every episode; long tasks first so the slow jobs start early."""
-    from lwd_jax.sim.tasks import get_task
 
     jobs = []
     for kind, spec in cfg.kinds.items():
@@ -46,17 +52,13 @@ def make_jobs(cfg: ml_collections.ConfigDict, tasks: list[str], all_tasks: list[
             raise ValueError(f"config.kinds.{kind}: unknown kind; expected one of {sorted(KIND_STREAM)}")
         for task in tasks:
             for i in range(int(spec.episodes)):
-                jobs.append((task, kind, episode_seed(cfg.seed, all_tasks.index(task), kind, i)))
+                jobs.append((task, kind, dataset_episode_seed(cfg.seed, all_tasks.index(task), kind, i)))
     jobs.sort(key=lambda j: -get_task(j[0]).step_budget)
     return jobs
 
 
 def _run_job(args: tuple[str, str, int, dict]) -> Any:
     """Worker: one episode of `task` by the expert configured for `kind` (envs cached per task)."""
-    from lwd_jax.sim.env import make_env
-    from lwd_jax.sim.experts import ExpertConfig
-    from lwd_jax.sim.rollout import rollout
-    from lwd_jax.sim.teleop import TeleopConfig
 
     task, kind, seed, spec = args
     expert = ExpertConfig(
@@ -65,24 +67,16 @@ def _run_job(args: tuple[str, str, int, dict]) -> Any:
     teleop = TeleopConfig() if spec["teleop"] else None
     if task not in _ENVS:  # building a MuJoCo scene costs more than a short episode: reuse it
         _ENVS[task] = make_env(task)
-    res = rollout(task, expert, seed=seed, teleop=teleop, env=_ENVS[task], robot_id=f"datagen-{kind}")
+    res = record_episode(task, expert, seed=seed, teleop=teleop, env=_ENVS[task], robot_id=f"datagen-{kind}")
     return kind, res.episode
 
 
 def resolve_tasks(spec: str) -> tuple[list[str], list[str]]:
-    from lwd_jax.sim.tasks import task_names
-
-    all_tasks = task_names()
-    tasks = all_tasks if spec == "all" else [t.strip() for t in spec.split(",") if t.strip()]
-    unknown = [t for t in tasks if t not in all_tasks]
-    if unknown or not tasks:
-        raise ValueError(f"config.tasks: unknown task(s) {unknown}; known: {all_tasks}")
-    return tasks, all_tasks
+    return parse_tasks(spec), task_names()
 
 
 def generate(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     """Writes the dataset to `cfg.out_dir` (replacing an incomplete one); returns per-task statistics."""
-    from lwd_jax.data.rlds_writer import RLDSWriter
 
     tasks, all_tasks = resolve_tasks(cfg.tasks)
     jobs = make_jobs(cfg, tasks, all_tasks)

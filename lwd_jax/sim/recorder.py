@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from lwd_jax.data import schema
+from fleet_api import schema
 from lwd_jax.sim.env import Obs, SimEnv
 from lwd_jax.sim.experts import ExpertConfig, ScriptedExpert
 from lwd_jax.sim.tasks import TASKS, Task, get_task
@@ -33,7 +33,7 @@ DEMO_MAX_NOISE = 0.05  # an expert at or below this noise (and with no failure f
 
 
 @dataclasses.dataclass
-class RolloutResult:
+class Recording:
     """The episode plus what happened in it (for data-generation statistics and tests)."""
 
     episode: schema.Episode
@@ -69,7 +69,7 @@ def _resolve_env(task: Task, env: SimEnv | None, render: bool, step_budget: int 
     return env
 
 
-def rollout(
+def record_episode(
     task: str | Task,
     policy: Policy,
     *,
@@ -83,7 +83,7 @@ def rollout(
     source: str | schema.Source | None = None,
     step_budget: int | None = None,
     validate: bool = True,
-) -> RolloutResult:
+) -> Recording:
     """Runs one episode of `task` with `policy` (and optionally a simulated teleoperator); see module doc.
 
     `env` may be passed to reuse a built simulator across episodes (it is switched to `task`, which must run on
@@ -152,11 +152,4 @@ def rollout(
     )
     if validate:
         schema.validate_episode(episode, known_tasks=TASKS, max_steps=env.step_budget, where=f"sim rollout seed {seed}")
-    return RolloutResult(episode, expert_events, list(human.events) if human is not None else [])
-
-
-def run_episode(
-    task: str | Task, policy: Policy, *, seed: int, teleop: TeleopConfig | None = None, **kwargs
-) -> schema.Episode:
-    """`rollout(...)` returning only the validated `schema.Episode`."""
-    return rollout(task, policy, seed=seed, teleop=teleop, **kwargs).episode
+    return Recording(episode, expert_events, list(human.events) if human is not None else [])

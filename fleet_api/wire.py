@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from lwd_jax.data.schema import Episode, SchemaError, assemble_episode
-from robot_bridge.protos import fleet_pb2
+from fleet_api.protos import fleet_pb2
+from fleet_api.schema import Episode, SchemaError, assemble_episode
 
 # Version of the episode layout carried in `EpisodeHeader.schema_version`; bump on breaking changes.
 WIRE_SCHEMA_VERSION = 1

@@ -4,7 +4,7 @@ Why: the learner's ingest path (decode + full schema validation + dedupe + ack) 
 DESIGN.md budgets ~100k steps/s with ~100-step chunks on 2 cores. This measures our actual path, with
 auth on and a no-op `persist` (so the number is the gRPC/validation ceiling, not the disk's).
 
-    python -m robot_bridge.bench_ingest --uploaders 16 --episodes 20 --steps 200
+    python -m experiments.bench_ingest --uploaders 16 --episodes 20 --steps 200
 
 Uploaders are `spawn`ed processes (never fork a process that holds gRPC threads), so a script calling
 `run()` must do so under `if __name__ == "__main__":`.
@@ -21,7 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from lwd_jax.data.schema import ACTION_DIM, PROPRIO_DIM, STATE_DIM, Episode
+from fleet_api.schema import ACTION_DIM, PROPRIO_DIM, STATE_DIM, Episode
+from lwd_jax.learner.auth import TokenAuth
+from lwd_jax.learner.service import FleetServicer, serve
+from robot_bridge.client import ClientConfig, LearnerClient
 
 BENCH_TASK = "bench"
 START_TIMEOUT_S = 120.0  # uploader processes must be ready (imports + episode synthesis) by then
@@ -52,7 +55,6 @@ def synthetic_episode(T: int, rng: np.random.Generator, robot_id: str) -> Episod
 def _uploader(target: str, robot_id: str, token: str, episodes: int, steps: int, steps_per_chunk: int,
               ready: Any, start: Any, results: Any) -> None:
     """One simulated robot: synthesize episodes, connect, wait for the start signal, upload them all."""
-    from robot_bridge.client import ClientConfig, LearnerClient
 
     try:
         rng = np.random.default_rng(abs(hash(robot_id)) % (2**32))
@@ -78,8 +80,6 @@ def _collect(queue: Any, n: int, timeout_s: float, phase: str) -> None:
 
 def run(num_uploaders: int = 16, episodes: int = 20, steps: int = 200, steps_per_chunk: int = 100) -> dict[str, Any]:
     """Measures accepted steps/s (T + 1 steps per episode) for `num_uploaders` concurrent robots."""
-    from lwd_jax.learner.auth import TokenAuth
-    from lwd_jax.learner.service import FleetServicer, serve
 
     tokens = {f"bench-{i}": f"token-{i}" for i in range(num_uploaders)}
     accepted = [0]

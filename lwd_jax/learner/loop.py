@@ -1,0 +1,93 @@
+"""The one learner loop every stage runs: BC pretrain, critic warm-up, offline RL and online RL.
+
+Why one loop: logging, finite checks, critic probes, checkpoints, periodic evaluations and parameter
+publishing must follow the same cadence whatever the stage, and a stage must differ only in what it
+updates and where its batches come from. A `Phase` says exactly that; `Learner.run` runs phases back to
+back from the state's step, so resume (from any checkpoint) re-enters the right phase at the right step.
+
+Cadence, with U = updates per jitted call (a step counter that advances by U): an event "every N" fires
+on the call that crosses a multiple of N (`step % N < U`); logs, checkpoints and the probe also fire at
+the end of every phase, so each phase's last state is logged and saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from lwd_jax.learner.checkpoint import Checkpointer
+from lwd_jax.learner.critic_probe import CriticProbe
+from lwd_jax.learner.evaluation import EvalCache
+from lwd_jax.learner.metrics_log import MetricsLogger, check_finite
+
+Batches = dict[str, Any]
+UpdateFn = Callable[[Any, Batches], tuple[Any, dict[str, jax.Array]]]
+
+
+@dataclasses.dataclass
+class Phase:
+    """One stage of training, from the previous phase's end to `end` (learner updates).
+
+    update(state, batches) -> (state, metrics): the agent's jitted update for this phase.
+    batches(step) -> stacked batches [U, B, ...] for the call that starts at `step` (may block: the online
+      phase waits for fleet episodes there).
+    after_update(state, step): side effects after each call (the online phase publishes params there).
+    extra_logs(step) -> scalars logged beside the update's metrics (the fleet's success, ...).
+    checkpoint_meta() -> what the phase adds to each checkpoint's JSON record (param version, ...).
+    probe: the critic probe runs on this phase's log cadence (not during BC, which trains no critic).
+    evaluate_every: periodic policy evaluations during the phase (the RL phases).
+    """
+
+    name: str
+    end: int
+    update: UpdateFn
+    batches: Callable[[int], Batches]
+    after_update: Callable[[Any, int], None] | None = None
+    extra_logs: Callable[[int], dict[str, float]] | None = None
+    checkpoint_meta: Callable[[], dict[str, Any]] | None = None
+    probe: bool = True
+    evaluate_every: bool = False
+
+
+def due(step: int, every: int, per_call: int) -> bool:
+    """True on the call (advancing `step` by `per_call`) that reached or crossed a multiple of `every`."""
+    return step % every < per_call
+
+
+class Learner:
+    """Runs phases with one cadence for logs, probes, checkpoints and evaluations (see the module doc)."""
+
+    def __init__(self, cfg: Any, logger: MetricsLogger, ckpt: Checkpointer, probe: CriticProbe | None,
+                 evals: EvalCache | None, progress: Any = None):
+        self.cfg, self.logger, self.ckpt, self.probe, self.evals, self.progress = cfg, logger, ckpt, probe, evals, progress
+        self.u = int(cfg.updates_per_call)
+
+    def run(self, state: Any, phase: Phase) -> Any:
+        """Trains from `state.step` to `phase.end` (nothing when already there); returns the state."""
+        cfg, u = self.cfg, self.u
+        step = int(state.step)
+        while step < phase.end:
+            state, metrics = phase.update(state, phase.batches(step))
+            step += u
+            if self.progress is not None:
+                self.progress.update(u)
+            if phase.after_update is not None:
+                phase.after_update(state, step)
+            last = step >= phase.end
+            if due(step, cfg.log_every, u) or last:
+                scalars = self.logger.log(step, jax.device_get(metrics), prefix=phase.name)
+                check_finite(scalars, step)
+                if phase.extra_logs is not None:
+                    self.logger.log(step, phase.extra_logs(step))
+                if phase.probe and self.probe is not None:
+                    self.probe.log(state, step, self.logger)
+            if due(step, cfg.checkpoint_every, u) or last:
+                meta = {"phase": phase.name, "step": step, "version": 0, "config": cfg.to_json()}
+                meta.update(phase.checkpoint_meta() if phase.checkpoint_meta is not None else {})
+                self.ckpt.save(step, state, meta, force=True)
+            if phase.evaluate_every and self.evals is not None and due(step, cfg.eval.every, u) and not last:
+                self.evals.log_only(state, step, self.logger)
+        return state
