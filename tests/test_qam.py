@@ -87,8 +87,10 @@ def _context_obs(n):
     return jnp.repeat(jnp.eye(len(CONTEXTS)), n, axis=0)  # [len * n, K], context-major
 
 
-def train_qam(residual: bool, steps: int, batch: int = 256, seed: int = 0, flow_steps: int = FLOW_STEPS, lr: float = 1e-3):
-    cfg = qam.QAMConfig(flow_steps=flow_steps, inv_temp=INV_TEMP, residual=residual, action_low=-9.0, action_high=9.0)
+def train_qam(residual: bool, steps: int, batch: int = 256, seed: int = 0, flow_steps: int = FLOW_STEPS, lr: float = 1e-3,
+              adjoint: str = "shifted"):
+    cfg = qam.QAMConfig(flow_steps=flow_steps, inv_temp=INV_TEMP, residual=residual, action_low=-9.0, action_high=9.0,
+                        adjoint=adjoint)
     net = VelocityField(1, 1, hidden_dims=(64, 64), final_init_scale=0.0 if residual else 1.0)
     obs = _context_obs(batch // len(CONTEXTS) + 1)
     params = jax.jit(net.init)(jax.random.PRNGKey(seed), obs, jnp.zeros((obs.shape[0], 1, 1)), jnp.zeros((obs.shape[0],)))
@@ -120,6 +122,14 @@ def test_tilt_closed_form_is_consistent():
 
 @pytest.mark.parametrize("residual", [True])
 def test_qam_matches_tilted_distribution(residual):
+    """Broad bases at K = 10 with the "shifted" adjoint, the discretisation these tolerances were measured on.
+
+    Why not the default "exact" adjoint here: at K = 10 the AM fixed point of either discretisation is not
+    the closed-form tilt (tests/test_qam_sharp.py computes it in closed form). On these broad bases the
+    shifted scheme's errors happen to cancel (linear Q, std 0.7: 0.97 of the closed-form shift) while the
+    exact one under-tilts (0.71); on sharp bases the shifted one diverges (6.9x at std 0.05) and the exact
+    one over-tilts (1.46x). test_qam_sharp.py pins both numbers.
+    """
     net, params, cfg = train_qam(residual=residual, steps=1500)
     got, ref = compare(net, params, cfg)
     for k in (0, 1):  # Gaussian contexts
@@ -178,16 +188,17 @@ def test_stop_gradients_and_shapes():
     np.testing.assert_allclose(adj_k, jnp.broadcast_to(-2.0 * 1.5 * w_q.reshape(h, a), (b, h, a)), rtol=1e-6)
 
 
-def test_lean_adjoint_matches_autodiff_of_base_euler():
-    """The lean adjoint recursion equals the exact VJP of the discretised base drift map x_i -> x_{i+1}
-    = x_i + h b(x_i, t_i + h), chained from ã_K (checks the scan order, the t + h shift and the sign)."""
+def test_shifted_lean_adjoint_matches_autodiff_of_shifted_map():
+    """adjoint="shifted" equals the exact VJP of the map x_i -> x_{i+1} = x_i + h b(x_i, t_i + h) chained from
+    ã_K (checks the scan order, the t + h shift and the sign). Not the rollout actually taken: the exact
+    mode is checked against autodiff of that in tests/test_qam_sharp.py."""
     b, k = 5, 4
     h = 1.0 / k
     obs = jnp.zeros((b, 1))
     net = VelocityField(1, 2, hidden_dims=(16,))
     p = jax.jit(net.init)(jax.random.PRNGKey(0), obs, jnp.zeros((b, 1, 2)), jnp.zeros((b,)))
     vb = lambda o, x, t: net.apply(p, o, x, t)
-    cfg = qam.QAMConfig(flow_steps=k)
+    cfg = qam.QAMConfig(flow_steps=k, adjoint="shifted")
     xs = jax.random.normal(jax.random.PRNGKey(1), (k, b, 1, 2))
     adj_k = jax.random.normal(jax.random.PRNGKey(2), (b, 1, 2))
     adjs = jax.jit(lambda xs, a: qam.lean_adjoint(vb, obs, xs, a, cfg))(xs, adj_k)
@@ -218,7 +229,7 @@ def test_best_of_n_picks_highest_q():
     assert float(jnp.min(acts)) > 0.5 and float(jnp.mean(acts)) > float(jnp.mean(single))
 
 
-if __name__ == "__main__":  # diagnostics: python tests/test_qam.py [K] [steps] [residual]
+if __name__ == "__main__":  # diagnostics: python tests/test_qam.py [K] [steps] [residual] [batch] [lr] [adjoint]
     import sys
     import time
 
@@ -227,8 +238,9 @@ if __name__ == "__main__":  # diagnostics: python tests/test_qam.py [K] [steps] 
     res = (sys.argv[3] == "1") if len(sys.argv) > 3 else True
     bs = int(sys.argv[4]) if len(sys.argv) > 4 else 256
     lr = float(sys.argv[5]) if len(sys.argv) > 5 else 1e-3
+    adjoint = sys.argv[6] if len(sys.argv) > 6 else "shifted"
     t0 = time.time()
-    net, params, cfg = train_qam(res, steps, batch=bs, flow_steps=k, lr=lr)
+    net, params, cfg = train_qam(res, steps, batch=bs, flow_steps=k, lr=lr, adjoint=adjoint)
     print("train s", time.time() - t0)
     got, ref = compare(net, params, cfg)
     for j, c in enumerate(CONTEXTS):
