@@ -6,6 +6,12 @@ memoryless SDE of v_theta (gradient stopped), run the *lean adjoint* backwards w
 from the terminal condition -inv_temp * grad_a Q, and regress the control (v_theta - v_beta) onto it at
 every step (adjoint matching, Domingo-Enrich et al. 2024).
 
+Temperature: pi_beta exp(inv_temp Q) only tilts when inv_temp times the spread of Q within a state is of
+order one, so the same inv_temp means nothing or everything depending on the critic's reward scale (0/1
+success rewards: Q varies within a state by ~0.01). `QAMConfig.temperature = "relative"` divides inv_temp by
+a stop-gradient estimate of that within-state spread, so inv_temp = 1 means the tilt exp(Q / sigma_Q)
+whatever the scale of Q; "absolute" keeps the paper's inv_temp = 1/lambda.
+
 Flow time t_i = i h, h = 1/K, t = 0 noise, t = 1 data. Every loop over K is a `lax.scan`.
 Callables take params already bound (`Velocity(obs, x [B,H,A], t [B])`, `QFn(obs, a) -> [M, B]`), except
 the fine field being trained, which takes its params explicitly (`VelocityApply`).
@@ -23,6 +29,8 @@ from lwd_jax.algos.common import Info, Obs, Params, QFn, Velocity, VelocityApply
 
 _BASE_REFERENCES = ("frozen", "ema", "online")
 _ADJOINT_CRITICS = ("target", "online")
+_ADJOINTS = ("exact", "shifted")
+_TEMPERATURES = ("absolute", "relative")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +50,19 @@ class QAMConfig:
     base_reference: str = "frozen"
     adjoint_critic: str = "target"  # critic params for grad_a Q: "target" (QAM code's use_target_grad) | "online"
     scan_unroll: int | bool = 1  # True fully unrolls the K-loops (slower compile; lets XLA count all FLOPs)
+    # Lean-adjoint discretisation (see `lean_adjoint`): "exact" = the adjoint of the rollout actually taken;
+    # "shifted" = the earlier t_i + h recursion (public QAM code), wrong on sharp bases, kept for comparison.
+    adjoint: str = "exact"
+    # Temperature (see the module docstring): "absolute": the tilt is exp(inv_temp * Q) (paper's 1/lambda);
+    # "relative": exp(inv_temp * Q / sigma_Q), sigma_Q = the pooled within-state std of Q under the base
+    # ODE, estimated in every loss call from scale_samples base samples for each of scale_states states.
+    temperature: str = "absolute"
+    scale_samples: int = 4  # base-ODE samples per state for sigma_Q and the tilt diagnostics (>= 2)
+    scale_states: int = 32  # states of the batch (its first rows) that get them
+    scale_min: float = 1e-4  # floor of sigma_Q: a critic flat in a, e.g. early in training, gives no blow-up
+    # Draw those samples in "absolute" mode too, for the tilt diagnostics only (extra cost: scale_states *
+    # scale_samples base ODE samples and Q calls per update; "relative" always draws them).
+    tilt_diagnostics: bool = False
 
     def __post_init__(self):
         if self.flow_steps < 2:
@@ -54,6 +75,21 @@ class QAMConfig:
             raise ValueError(f"QAMConfig.base_reference: expected one of {_BASE_REFERENCES}, got {self.base_reference!r}")
         if self.adjoint_critic not in _ADJOINT_CRITICS:
             raise ValueError(f"QAMConfig.adjoint_critic: expected one of {_ADJOINT_CRITICS}, got {self.adjoint_critic!r}")
+        if self.adjoint not in _ADJOINTS:
+            raise ValueError(f"QAMConfig.adjoint: expected one of {_ADJOINTS}, got {self.adjoint!r}")
+        if self.temperature not in _TEMPERATURES:
+            raise ValueError(f"QAMConfig.temperature: expected one of {_TEMPERATURES}, got {self.temperature!r}")
+        if self.scale_samples < 2:
+            raise ValueError(f"QAMConfig.scale_samples: expected >= 2 (a within-state std), got {self.scale_samples}")
+        if self.scale_states < 1:
+            raise ValueError(f"QAMConfig.scale_states: expected >= 1, got {self.scale_states}")
+        if not self.scale_min > 0:
+            raise ValueError(f"QAMConfig.scale_min: expected > 0, got {self.scale_min}")
+
+    @property
+    def uses_base_samples(self) -> bool:
+        """Whether the loss draws the extra base-ODE samples (relative temperature or tilt diagnostics)."""
+        return self.temperature == "relative" or self.tilt_diagnostics
 
     @property
     def flow(self) -> FlowConfig:
@@ -100,36 +136,130 @@ def rollout(
     return jax.lax.stop_gradient(xs), x_k
 
 
-def terminal_adjoint(q_fn: QFn, obs: Obs, x_k: jax.Array, cfg: QAMConfig) -> jax.Array:
-    """ã_K = -inv_temp * grad_a mean_m Q_m(s, clip(a)) at a = x_K -> [B, H, A] (zero where clipping is active)."""
+def terminal_adjoint(
+    q_fn: QFn, obs: Obs, x_k: jax.Array, cfg: QAMConfig, inv_temp: jax.Array | float | None = None
+) -> jax.Array:
+    """ã_K = -inv_temp * grad_a mean_m Q_m(s, clip(a)) at a = x_K -> [B, H, A] (zero where clipping is active).
+
+    `inv_temp` (default cfg.inv_temp) is the effective one: the loss passes inv_temp / sigma_Q, a traced
+    scalar, in "relative" temperature mode.
+    """
 
     def q_sum(a):
         if cfg.clip_adjoint_actions:
             a = jnp.clip(a, cfg.action_low, cfg.action_high)
         return jnp.sum(jnp.mean(q_fn(obs, a), axis=0))
 
-    return -cfg.inv_temp * jax.grad(q_sum)(x_k)
+    scale = cfg.inv_temp if inv_temp is None else inv_temp
+    return -scale * jax.grad(q_sum)(x_k)
+
+
+def base_q_samples(
+    v_base: Velocity, q_fn: QFn, obs: Obs, rng: jax.Array, action_shape: tuple[int, int], cfg: QAMConfig
+) -> jax.Array:
+    """Q of base-policy actions: mean_m Q_m(s, a_j), a_j ~ clipped base ODE, for the first min(scale_states, B)
+    states of `obs`, scale_samples each -> [S, N], stop-gradient.
+
+    Why base-ODE samples (not the rollout's x_K): the tilt pi_beta exp(inv_temp Q) is defined relative to
+    the base policy as it acts, and the rollout's samples come from the fine-tuned SDE, whose spread of Q
+    shrinks as the tilt takes hold (a scale measured there would feed back into the temperature).
+    """
+    b = jax.tree_util.tree_leaves(obs)[0].shape[0]
+    n_states, n = min(cfg.scale_states, b), cfg.scale_samples
+    obs_rep = repeat_obs(jax.tree_util.tree_map(lambda o: o[:n_states], obs), n)  # row s * n + j
+    acts = euler_sample(v_base, obs_rep, jax.random.normal(rng, (n_states * n, *action_shape)), cfg.flow)
+    q = jnp.mean(q_fn(obs_rep, acts), axis=0).reshape(n_states, n)
+    return jax.lax.stop_gradient(q)
+
+
+def tilt_statistics(q: jax.Array, inv_temp: float, cfg: QAMConfig) -> tuple[jax.Array, Info]:
+    """From base-sample values q [S, N]: (effective inv_temp, diagnostics), all stop-gradient.
+
+    sigma_Q = sqrt(mean_s var_j q[s, j]) (unbiased per-state variances, pooled): the typical spread of Q
+    *within* a state, which is what the tilt acts on (the spread across states does not tilt anything).
+    Pooling variances rather than averaging per-state stds keeps the estimate unbiased in the variance with
+    only N = 4 samples a state, and S N - S degrees of freedom (96 at the defaults: ~7% relative noise per
+    batch). Relative mode uses inv_temp / max(sigma_Q, scale_min); absolute mode uses inv_temp as given.
+
+    Diagnostics (per state, mean over states): `tilt_ess_frac`, the effective-sample-size fraction
+    (sum w)^2 / (N sum w^2) of the self-normalised weights w_j ∝ exp(inv_temp_eff q_j) — 1 means the tilt
+    does nothing, 1/N that one sample takes all the weight; for Q Gaussian under the base it is about
+    exp(-(inv_temp_eff sigma_Q)^2), e.g. 0.37 at relative inv_temp = 1 (with N = 4 it cannot read below 1/4,
+    so it is coarse for strong tilts). `tilt_q_gain`, sum_j w_j q_j - mean_j q_j: the rise in mean Q the
+    exact tilt would give over the base, in Q's units.
+    """
+    n = q.shape[1]
+    sigma = jnp.sqrt(jnp.mean(jnp.var(q, axis=1, ddof=1)))
+    if cfg.temperature == "relative":
+        eff = inv_temp / jnp.maximum(sigma, cfg.scale_min)
+    else:
+        eff = jnp.asarray(inv_temp, q.dtype)
+    w = jax.nn.softmax(eff * q, axis=1)
+    ess = 1.0 / (n * jnp.sum(jnp.square(w), axis=1))
+    gain = jnp.sum(w * q, axis=1) - jnp.mean(q, axis=1)
+    info = {"tilt_q_std": sigma, "tilt_ess_frac": jnp.mean(ess), "tilt_q_gain": jnp.mean(gain)}
+    return jax.lax.stop_gradient(eff), jax.tree_util.tree_map(jax.lax.stop_gradient, info)
 
 
 def lean_adjoint(v_base: Velocity, obs: Obs, xs: jax.Array, adj_k: jax.Array, cfg: QAMConfig) -> jax.Array:
-    """ã_i = ã_{i+1} + h (∂b/∂x (x_i, t_i + h))ᵀ ã_{i+1}, backwards from ã_K; b(x, t) = 2 v_beta(s, x, t) - x / t.
+    """The lean adjoint ã_0..ã_{K-1} [K, B, H, A], backwards from ã_K [B, H, A], with the base drift only.
 
-    Evaluating b at t_i + h keeps x / t finite (t >= h). Only the base drift appears ("lean" adjoint), so
-    the result does not depend on theta. xs [K, B, H, A] -> adjoints [K, B, H, A] (ã_0..ã_{K-1}).
+    cfg.adjoint = "exact" (default): the adjoint of the discrete process `rollout` actually takes when
+    v_theta = v_beta, step by step, so that ã_i is exactly d(-inv_temp Q(x_K)) / d x_i of that rollout:
+      last (ODE) step x_K = x_{K-1} + h v_beta(x_{K-1}, t_{K-1}):
+        ã_{K-1} = ã_K + h (∂v_beta/∂x (x_{K-1}, t_{K-1}))ᵀ ã_K;
+      SDE steps i < K-1, x_{i+1} = x_i + h b(x_i, t_i) + noise, with b(x, t) = 2 v_beta(s, x, t) - x / (t + h):
+        ã_i = ã_{i+1} + h (∂b/∂x (x_i, t_i))ᵀ ã_{i+1}.
+    Why it matters: on a sharp base (std ~0.05, e.g. BC on clean demos) h ∂v/∂x is of order -1 near t = 1,
+    so evaluating the Jacobian one step late changes the factor (I + h ∂b/∂x) by O(1), even its sign.
+
+    cfg.adjoint = "shifted": the earlier recursion (as in the public QAM code), kept so it can be compared:
+    every step, the last included, uses ∂b/∂x at t_i + h with b(x, t) = 2 v_beta(x, t) - x / t. It is not
+    the adjoint of the rollout taken: on a 1-D N(0.1, 0.05^2) base at K = 10 it has the opposite sign to
+    the rollout's VJP at 8 of the 10 steps and is 6-69x too large.
+
+    Neither mode makes the K-step ODE policy sample the continuous tilt at K = 10 (tests/test_qam_sharp.py
+    computes the AM fixed point in closed form for a Gaussian base and linear Q): the mean shift, as a
+    fraction of the closed-form one, is 1.46 (exact) vs 6.9 (shifted) at base std 0.05 and 0.71 vs 0.97 at
+    std 0.7. Why "exact" is the default anyway: its error stays bounded (0.24-1.73 over std 0.02-1.0 and
+    K = 3-40) and vanishes as K grows (1.02 at K = 40, std 0.05), while the shifted one's grows without bound
+    as the base sharpens (52x at std 0.02, K = 10; 120x at std 0.05, K = 3); broad bases are where the
+    shifted scheme's errors happen to cancel.
+
+    Only the base drift appears ("lean" adjoint), so the result does not depend on theta.
     """
     k, b = cfg.flow_steps, xs.shape[1]
     h = 1.0 / k
 
-    def step(adj, inp):
+    if cfg.adjoint == "shifted":
+
+        def shifted_step(adj, inp):
+            i, x_i = inp
+            s = i * h + h
+            t = jnp.full((b,), s, x_i.dtype)
+            _, vjp = jax.vjp(lambda x: 2.0 * v_base(obs, x, t) - x / s, x_i)
+            adj_i = adj + h * vjp(adj)[0]
+            return adj_i, adj_i
+
+        _, adjs = jax.lax.scan(shifted_step, adj_k, (jnp.arange(k), xs), reverse=True, unroll=cfg.scan_unroll)
+        return jax.lax.stop_gradient(adjs)
+
+    # Last step: the base ODE at t_{K-1}.
+    t_last = jnp.full((b,), (k - 1) * h, xs.dtype)
+    _, vjp_last = jax.vjp(lambda x: v_base(obs, x, t_last), xs[k - 1])
+    adj_last = adj_k + h * vjp_last(adj_k)[0]
+
+    def sde_step(adj, inp):
         i, x_i = inp
-        s = i * h + h
-        t = jnp.full((b,), s, x_i.dtype)
-        _, vjp = jax.vjp(lambda x: 2.0 * v_base(obs, x, t) - x / s, x_i)
-        adj_i = adj + h * vjp(adj)[0]
+        t = jnp.full((b,), i * h, x_i.dtype)
+        _, vjp = jax.vjp(lambda x: v_base(obs, x, t), x_i)
+        # (∂b/∂x)ᵀ ã = 2 (∂v/∂x)ᵀ ã - ã / (t_i + h): the -x / (t + h) term's VJP is written out.
+        adj_i = adj + h * (2.0 * vjp(adj)[0] - adj / (i * h + h))
         return adj_i, adj_i
 
-    _, adjs = jax.lax.scan(step, adj_k, (jnp.arange(k), xs), reverse=True, unroll=cfg.scan_unroll)
-    return jax.lax.stop_gradient(adjs)
+    _, head = jax.lax.scan(sde_step, adj_last, (jnp.arange(k - 1), xs[: k - 1]), reverse=True,
+                           unroll=cfg.scan_unroll)
+    return jax.lax.stop_gradient(jnp.concatenate([head, adj_last[None]], axis=0))
 
 
 def adjoint_matching_loss(
@@ -147,6 +277,9 @@ def adjoint_matching_loss(
     `fine_apply(params, obs, x, t)` is v_theta, or delta_theta when cfg.residual (then v_theta - v_beta =
     delta_theta). `v_base` and `q_fn` carry their own (frozen/EMA/target) params; xs and ãs are
     stop-gradient, so the only gradient is the local regression's, into `fine_params`.
+
+    Info: `inv_temp_eff` (the inv_temp the terminal adjoint used); with cfg.uses_base_samples also
+    `tilt_q_std` (sigma_Q), `tilt_ess_frac` and `tilt_q_gain` (see `tilt_statistics`).
     """
     k = cfg.flow_steps
     h = 1.0 / k
@@ -155,9 +288,16 @@ def adjoint_matching_loss(
     x0 = jax.random.normal(x_rng, (b, *action_shape))
     noise = jax.random.normal(n_rng, (k - 1, b, *action_shape))
 
+    tilt_info: Info = {}
+    inv_temp = jnp.asarray(cfg.inv_temp, x0.dtype)
+    if cfg.uses_base_samples:
+        # fold_in, not a third split: the rollout's noise stays the same as without these samples.
+        q_base = base_q_samples(v_base, q_fn, obs, jax.random.fold_in(rng, 0x5CA1E), action_shape, cfg)
+        inv_temp, tilt_info = tilt_statistics(q_base, cfg.inv_temp, cfg)
+
     v_roll = fine_velocity(fine_apply, jax.lax.stop_gradient(fine_params), v_base, cfg.residual)
     xs, x_k = rollout(v_roll, v_base, obs, x0, noise, cfg)
-    adj_k = terminal_adjoint(q_fn, obs, x_k, cfg)
+    adj_k = terminal_adjoint(q_fn, obs, x_k, cfg, inv_temp)
     adjs = lean_adjoint(v_base, obs, xs, adj_k, cfg)
 
     ts = jnp.arange(k, dtype=xs.dtype) * h
@@ -180,6 +320,8 @@ def adjoint_matching_loss(
         "control_abs": jnp.mean(jnp.abs(ctrl)),
         "rollout_q": jnp.mean(q_fn(obs, x_end)),
         "rollout_clip_frac": jnp.mean(jnp.abs(x_k) > cfg.action_high),
+        "inv_temp_eff": inv_temp,
+        **tilt_info,
     }
     return loss, info
 
