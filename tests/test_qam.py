@@ -279,7 +279,7 @@ def test_tilt_statistics_measure_the_within_state_spread():
         cfg = qam.QAMConfig(temperature=temperature, tilt_diagnostics=True, **cfg_kw)
         for c in (0.01, 1.0):
             v, q = _scaled_toy(c)
-            _, info = jax.jit(lambda r: qam.adjoint_matching_loss(zero, None, v, q, obs, r, (1, 1), cfg))(
+            _, info = jax.jit(lambda r, v=v, q=q, cfg=cfg: qam.adjoint_matching_loss(zero, None, v, q, obs, r, (1, 1), cfg))(
                 jax.random.PRNGKey(0))
             infos[temperature, c] = {k: float(x) for k, x in info.items()}
     rel_small, rel_big = infos["relative", 0.01], infos["relative", 1.0]
@@ -318,7 +318,7 @@ def test_relative_temperature_tilts_the_same_at_any_q_scale():
     shifts = {}
     for c in (0.01, 1.0):
         v, q = _scaled_toy(c)
-        loss = lambda p, rng: qam.adjoint_matching_loss(net.apply, p, v, q, obs, rng, (1, 1), cfg)
+        loss = lambda p, rng, v=v, q=q: qam.adjoint_matching_loss(net.apply, p, v, q, obs, rng, (1, 1), cfg)
         params, last = fit(loss, init, 1000, optax.adam(1e-3), 1)
         assert np.isfinite(last)
         sigma_q = float(jax.jit(loss)(params, jax.random.PRNGKey(5))[1]["tilt_q_std"])
