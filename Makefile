@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 EXP ?= multitask
 TRAIN_ARGS ?=
 
-.PHONY: install data test lint clean bench train eval benchmark
+.PHONY: install data test lint clean bench train eval benchmark flywheel
 
 $(STAMP): setup.cfg pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (Python 3.11)"; exit 1; }
@@ -67,6 +67,16 @@ benchmark: install
 	else $(PY) -m lwd_jax.sim.generate --config=$(DATA_CONFIG):large --config.out_dir=$(DATA_DIR)/offline_large; fi
 	MUJOCO_GL=disable $(PY) -m experiments.benchmark --config=experiments/configs/benchmark.py --config.offline_dir=$(DATA_DIR)/offline_large $(BENCH_ARGS)
 
+# The flywheel study (experiments/configs/flywheel.py): SFT -> LWD offline -> LWD online on 4 tasks with
+# headroom, 3 seeds, paired tests on shared test scenes; tables and learning curves in results/flywheel/.
+# Its data is the 5x mix of those 4 tasks (data.py:large). Resumes. FLYWHEEL_ARGS="--seeds 0" for one seed.
+FLYWHEEL_TASKS := puzzle_3x3_diagonal_off,scene_open_drawer,cube_stack,scene_unlock_and_open
+FLYWHEEL_ARGS ?=
+flywheel: install
+	@if [ -f $(DATA_DIR)/flywheel_large/.complete ]; then echo "data: $(DATA_DIR)/flywheel_large exists"; \
+	else $(PY) -m lwd_jax.sim.generate --config=$(DATA_CONFIG):large --config.tasks=$(FLYWHEEL_TASKS) --config.out_dir=$(DATA_DIR)/flywheel_large; fi
+	MUJOCO_GL=disable $(PY) -m experiments.flywheel --offline-dir=$(DATA_DIR)/flywheel_large $(FLYWHEEL_ARGS)
+
 # Speed and memory goals live here, as JSON, never in timed tests.
 bench: install
 	MUJOCO_GL=disable $(PY) -m experiments.speed --out results/bench.json
@@ -75,7 +85,7 @@ lint: install
 	$(VENV)/bin/ruff check fleet_api lwd_jax robot_bridge experiments tests
 
 clean-data:
-	rm -rf $(DATA_DIR)/offline $(DATA_DIR)/offline_large
+	rm -rf $(DATA_DIR)/offline $(DATA_DIR)/offline_large $(DATA_DIR)/flywheel_large
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

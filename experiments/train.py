@@ -43,6 +43,7 @@ STAGES = ("offline", "online", "all")
 PRETRAIN_DATA = ("all", "demos")
 ONLINE_LEARNERS = ("rl", "hg_dagger")
 ONLINE_MIXES = ("fixed", "proportional")
+ONLINE_PACINGS = ("episodes", "utd")
 
 
 # ============================================================================================= config
@@ -57,6 +58,10 @@ def check_config(cfg: ml_collections.ConfigDict) -> list[str]:
     for key in ("publish_every", "log_window"):
         if int(oc[key]) < 1:
             raise ValueError(f"config.online.{key}: expected >= 1, got {oc[key]}")
+    if oc.pacing not in ONLINE_PACINGS:
+        raise ValueError(f"config.online.pacing: expected one of {ONLINE_PACINGS}, got {oc.pacing!r}")
+    if not oc.utd_ratio > 0:
+        raise ValueError(f"config.online.utd_ratio: expected > 0 (updates per robot step), got {oc.utd_ratio}")
     for key in ("fleet_episodes", "control_hz"):
         if oc[key] < 0:
             raise ValueError(f"config.online.{key}: expected >= 0, got {oc[key]}")
@@ -220,24 +225,39 @@ def run(cfg: ml_collections.ConfigDict, data: OfflineData | None = None) -> dict
                                      offline_batches(offline)))
     state = learner.run(state, Phase("offline", o_end, functools.partial(agent.update, stage="offline"),
                                      offline_batches(offline), evaluate_every=True))
-    if o_end > p_end and not hg:
-        probe.save(state, o_end, "offline")
+    # The best-of-N probe: acting with the best of N BC samples under the target critic, on the same scenes as
+    # every other evaluation. It asks whether the critic ranks actions *within* a state, before any extraction.
+    n_best = int(cfg.eval.best_of_n)
+
+    def best_of(stage: str, at: int) -> None:
+        if n_best > 1 and not hg:
+            results[f"{stage} best-of-{n_best}"] = evals.get(f"{stage} best-of-{n_best}", state, "best_of_n", at, logger)
+
     if cfg.offline_steps and cfg.eval.offline:
         results["offline"] = evals.get("offline", state, "policy", o_end, logger)
+    if o_end > p_end and not hg:
+        probe.save(state, o_end, "offline")
+        best_of("offline", o_end)
     report = None
     if total > o_end:
-        update = agent.pretrain_update if hg else functools.partial(agent.update, stage="online")
+        update = agent.pretrain_update if hg else functools.partial(agent.update, stage="online", stage_start=o_end)
         state, report = run_online(cfg, agent, state, pretrain_buf if hg else offline, stats, table, tasks, task_ids,
                                    learner, update, total)
         results["online"] = evals.get("online", state, deployed, total, logger)
         if not hg:
             probe.save(state, total, "online")
+            best_of("online", total)
     bar.close()
     ckpt.wait()
 
     # ---- final table (and the online stage's plot)
     long_tasks = {t for t in tasks if get_task(t).is_long}
     table_md = eval_report.markdown_table(results, long_tasks)
+    paired = paired_comparisons(evals, list(results))
+    if paired:
+        table_md += "\n\n" + eval_report.paired_markdown(paired)
+        with open(os.path.join(cfg.workdir, "paired.json"), "w") as f:
+            json.dump(paired, f, indent=1)
     if report is not None:
         table_md += "\n\n" + online_summary(cfg, report)
         with open(os.path.join(cfg.workdir, "fleet_episodes.jsonl"), "w") as f:  # the plot's data, for reuse
@@ -257,6 +277,21 @@ def run(cfg: ml_collections.ConfigDict, data: OfflineData | None = None) -> dict
     logger.close()
     ckpt.close()
     return results
+
+
+def paired_comparisons(evals: EvalCache, names: list[str]) -> dict[str, dict[str, float]]:
+    """Paired success tests (same scenes) of each later evaluation against the earlier ones it improves on:
+    every evaluation against "pretrain", "online" against "offline", and each best-of-N probe against the
+    policy of its stage."""
+    wanted = [(n, "pretrain") for n in names if n != "pretrain"]
+    wanted += [("online", "offline")] if {"online", "offline"} <= set(names) else []
+    wanted += [(n, n.split(" ")[0]) for n in names if " best-of-" in n and n.split(" ")[0] in names]
+    out = {}
+    for a, b in wanted:
+        ea, eb = evals.episodes(a), evals.episodes(b)
+        if ea and eb:
+            out[f"{a} vs {b}"] = eval_report.paired_success(ea, eb)
+    return out
 
 
 def online_summary(cfg: ml_collections.ConfigDict, report) -> str:

@@ -89,6 +89,9 @@ class LWDAgent:
         self.extraction = methods.get_extraction(cfg.extraction)
         if cfg.qam.residual and not self.extraction.residual:
             raise ValueError(f"config.agent.qam.residual: extraction {cfg.extraction!r} has no residual field")
+        if self.extraction.actor_loss is None and cfg.qam.best_of_n < 2:
+            raise ValueError(f"config.agent.qam.best_of_n: extraction {cfg.extraction!r} trains no actor and acts "
+                             f"with the best of N samples; expected N >= 2, got {cfg.qam.best_of_n}")
         self.nets = methods.Nets(self.actor_net, self.base_net, self.critic_net, self.value_net, self.action_shape,
                                  self.qam_cfg, extraction.ExtractionConfig(**dict(cfg.baselines)))
 
@@ -207,7 +210,11 @@ class LWDAgent:
         metrics.update(cinfo)
         return metrics
 
-    def _critic_step(self, state: AgentState, batch: Batch, stage: str) -> tuple[AgentState, Metrics]:
+    def _stage_divl(self, state: AgentState, stage: str, stage_start: int) -> divl.DIVLConfig:
+        """DIVL settings at this update: the stage's tau_base (ramped over the online updates since `stage_start`)."""
+        return self.divl_cfg.at_stage(stage, state.step - stage_start if stage == "online" else None)
+
+    def _critic_step(self, state: AgentState, batch: Batch, stage: str, stage_start: int = 0) -> tuple[AgentState, Metrics]:
         """Steps 1-4 only (value, TD target, critic, target EMA): the critic warm-up before extraction.
 
         Why it exists: DIVL's target is in-sample (it never queries the policy), so the critic can be
@@ -216,26 +223,28 @@ class LWDAgent:
         """
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         p, o = dict(state.params), dict(state.opt_state)
-        metrics = self._critic_part(p, o, batch, self.divl_cfg.at_stage(stage), jax.random.split(rng, 3)[2])
+        metrics = self._critic_part(p, o, batch, self._stage_divl(state, stage, stage_start), jax.random.split(rng, 3)[2])
         return state.replace(step=state.step + 1, params=p, opt_state=o), metrics
 
-    def _rl_step(self, state: AgentState, batch: Batch, stage: str) -> tuple[AgentState, Metrics]:
-        """One full DIVL + QAM update (same losses offline and online; `stage` picks tau_base and freezing)."""
+    def _rl_step(self, state: AgentState, batch: Batch, stage: str, stage_start: int = 0) -> tuple[AgentState, Metrics]:
+        """One full DIVL + extraction update (same losses offline and online; `stage` picks tau_base and freezing)."""
         cfg = self.cfg
-        dcfg = self.divl_cfg.at_stage(stage)
+        dcfg = self._stage_divl(state, stage, stage_start)
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         r_qam, r_bc, r_next = jax.random.split(rng, 3)
         p, o = dict(state.params), dict(state.opt_state)
         obs = batch["observations"]
         metrics = self._critic_part(p, o, batch, dcfg, r_next)
 
-        # 5. policy extraction (the registry entry's actor loss: QAM for LWD)
-        actor_loss = self.extraction.actor_loss(self.nets, p, batch, r_qam, dcfg)
-        (_, ainfo), g = jax.value_and_grad(actor_loss, has_aux=True)(p["actor"])
-        if stage == "online" and cfg.freeze_encoder_online:  # LWD: the VL backbone is frozen online
-            g = dict(g, params=dict(g["params"], encoder=jax.tree.map(jnp.zeros_like, g["params"]["encoder"])))
-        p["actor"], o["actor"], metrics["actor_grad_norm"] = self._sgd(self.tx["actor"], p["actor"], o["actor"], g)
-        metrics.update(ainfo)
+        # 5. policy extraction (the registry entry's actor loss: QAM for LWD; none for best-of-N acting)
+        if self.extraction.actor_loss is not None:
+            actor_loss = self.extraction.actor_loss(self.nets, p, batch, r_qam, dcfg)
+            (_, ainfo), g = jax.value_and_grad(actor_loss, has_aux=True)(p["actor"])
+            actor, opt_actor, metrics["actor_grad_norm"] = self._sgd(self.tx["actor"], p["actor"], o["actor"], g)
+            if stage == "online" and cfg.freeze_encoder_online:  # LWD: the VL backbone is frozen online
+                actor, opt_actor = freeze_subtree(actor, p["actor"]), freeze_subtree(opt_actor, o["actor"])
+            p["actor"], o["actor"] = actor, opt_actor
+            metrics.update(ainfo)
 
         # 6. keep the base flow trained by BC (QAM code) unless the reference is the frozen BC checkpoint (LWD)
         if self.qam_cfg.base_reference != "frozen":
@@ -279,19 +288,22 @@ class LWDAgent:
         fn = functools.partial(self._scan, self._pretrain_step)
         return self._compile("pretrain", fn, state, batches, True)(state, batches)
 
-    def update(self, state: AgentState, batches: Batch, stage: str = "offline") -> tuple[AgentState, Metrics]:
-        """U full LWD updates (DIVL + QAM); `batches` leaves are [U, B, ...]."""
+    def update(self, state: AgentState, batches: Batch, stage: str = "offline", stage_start: int = 0
+               ) -> tuple[AgentState, Metrics]:
+        """U full LWD updates (DIVL + the extraction); `batches` leaves are [U, B, ...]. `stage_start`: the
+        learner step the online stage began at (the tau_base ramp counts from it)."""
         if stage not in ("offline", "online"):
             raise ValueError(f"agent.update: stage expected 'offline' or 'online', got {stage!r}")
-        fn = functools.partial(self._scan, functools.partial(self._rl_step, stage=stage))
-        return self._compile(f"rl_{stage}", fn, state, batches, True)(state, batches)
+        fn = functools.partial(self._scan, functools.partial(self._rl_step, stage=stage, stage_start=stage_start))
+        return self._compile(f"rl_{stage}_{stage_start}", fn, state, batches, True)(state, batches)
 
-    def critic_update(self, state: AgentState, batches: Batch, stage: str = "offline") -> tuple[AgentState, Metrics]:
+    def critic_update(self, state: AgentState, batches: Batch, stage: str = "offline", stage_start: int = 0
+                      ) -> tuple[AgentState, Metrics]:
         """U critic-only updates (value, critic, target EMA; the flows stay put); `batches` leaves are [U, B, ...]."""
         if stage not in ("offline", "online"):
             raise ValueError(f"agent.critic_update: stage expected 'offline' or 'online', got {stage!r}")
-        fn = functools.partial(self._scan, functools.partial(self._critic_step, stage=stage))
-        return self._compile(f"critic_{stage}", fn, state, batches, True)(state, batches)
+        fn = functools.partial(self._scan, functools.partial(self._critic_step, stage=stage, stage_start=stage_start))
+        return self._compile(f"critic_{stage}_{stage_start}", fn, state, batches, True)(state, batches)
 
     def critic_values(self, params: dict[str, Any], obs: dict[str, Any], actions: jax.Array) -> dict[str, jax.Array]:
         """Q̄(s, a) [B] of the target critic (the value the extraction and the value head see) and the value
@@ -308,37 +320,52 @@ class LWDAgent:
         return self._jitted["values"](params, obs, actions)
 
     def sample_actions(self, params: dict[str, Any], obs: dict[str, Any], rng: jax.Array) -> jax.Array:
-        """Action chunks [B, H, A] in [-1, 1] from the fine-tuned ODE (optionally best-of-N by Q)."""
+        """Action chunks [B, H, A] in [-1, 1], as the policy kind of `params` acts (see `policy_params`):
+        with an "actor", the fine-tuned ODE; else the BC flow "base". With qam.best_of_n = N > 1 and a
+        "critic_target" in params, the best of N such samples by the target critic's Q̄ (min over heads by default)."""
         if "sample" not in self._jitted:
 
             def sample(params, obs, rng):
-                q_fn = None
-                if self.qam_cfg.best_of_n > 1:
-                    q_fn = lambda ob, a: self.critic_net.apply(params["critic"], ob, a)  # noqa: E731
-                return qam.sample_actions(self.policy_velocity(params), obs, rng, self.action_shape, self.qam_cfg, q_fn)
+                if "actor" in params:
+                    velocity = self.policy_velocity(params)
+                else:
+                    velocity = methods.Nets.bound(self.base_net, params["base"])
+                cfg, q_fn = self.qam_cfg, None
+                if cfg.best_of_n > 1 and "critic_target" in params:  # ranked by Q̄, the value the extraction sees
+                    def q_fn(ob, a):
+                        q = divl.target_q(methods.Nets.apply(self.critic_net), params["critic_target"], ob, a,
+                                          self.divl_cfg.target_agg)
+                        return q[None]  # [1, B]: qam.sample_actions averages over the leading (head) axis
+                elif cfg.best_of_n > 1:
+                    cfg = dataclasses.replace(cfg, best_of_n=1)  # a plain BC blob carries no critic
+                return qam.sample_actions(velocity, obs, rng, self.action_shape, cfg, q_fn)
 
             self._jitted["sample"] = jax.jit(sample)
         return self._jitted["sample"](params, obs, rng)
 
-    def sample_base_actions(self, params: dict[str, Any], obs: dict[str, Any], rng: jax.Array) -> jax.Array:
-        """Action chunks from the BC (pretrained) flow: the SFT policy's actions."""
-        if "sample_base" not in self._jitted:
 
-            def sample(params, obs, rng):
-                b = jax.tree.leaves(obs)[0].shape[0]
-                return bc.sample_actions(methods.Nets.bound(self.base_net, params["base"]), obs, rng, b,
-                                         self.action_shape, self.flow_cfg)
+def freeze_subtree(new: Any, old: Any, key: str = "encoder") -> Any:
+    """`new` with every leaf under a dict key `key` taken from `old`: params *and* optimizer moments.
 
-            self._jitted["sample_base"] = jax.jit(sample)
-        return self._jitted["sample_base"](params, obs, rng)
+    Why not zero gradients: Adam's first moment keeps moving a zero-gradient parameter for hundreds of steps
+    (momentum from the offline stage); restoring the leaves after the step is a freeze that cannot leak.
+    """
+
+    def pick(path, n, o):
+        return o if any(getattr(k, "key", None) == key for k in path) else n
+
+    return jax.tree_util.tree_map_with_path(pick, new, old)
 
 
 def policy_params(state: AgentState, which: str = "policy") -> dict[str, Any]:
-    """The sub-trees acting needs: 'policy' (actor + reference base [+ critic for best-of-N]) or 'base'."""
+    """The sub-trees acting needs: 'policy' (actor + reference base + target critic for best-of-N), 'base'
+    (the BC flow) or 'best_of_n' (the BC flow + the target critic that picks among its samples)."""
     p = state.params
     if which == "base":
         return {"base": p["base"]}
-    return {"actor": p["actor"], "base_ref": p["base_ref"], "critic": p["critic"]}
+    if which == "best_of_n":
+        return {"base": p["base"], "critic_target": p["critic_target"]}
+    return {"actor": p["actor"], "base_ref": p["base_ref"], "critic_target": p["critic_target"]}
 
 
 def as_dict(cfg: Any) -> dict[str, Any]:

@@ -56,13 +56,14 @@ class Nets:
 class Extraction:
     """One way to extract the policy from the critic.
 
-    actor_loss(nets, params, batch, rng, divl_cfg) -> a function of the actor params returning (loss, info).
+    actor_loss(nets, params, batch, rng, divl_cfg) -> a function of the actor params returning (loss, info);
+      None: the actor is not trained (it stays the BC flow it was initialised to).
     act(nets, velocity) -> the velocity the policy acts with (identity unless the method conditions it).
     needs_value: the method reads the value head's advantages, so the value head is learned even when the
     critic target does not need it. residual: the method supports QAM's residual field v_beta + delta.
     """
 
-    actor_loss: Callable[[Nets, Params, Batch, jax.Array, divl.DIVLConfig], ActorLoss]
+    actor_loss: Callable[[Nets, Params, Batch, jax.Array, divl.DIVLConfig], ActorLoss] | None
     act: Callable[[Nets, Velocity], Velocity] = staticmethod(lambda nets, v: v)  # type: ignore[assignment]
     needs_value: bool = False
     residual: bool = False
@@ -152,12 +153,16 @@ def _q_grad_loss(nets: Nets, p: Params, batch: Batch, rng: jax.Array, dcfg: divl
 
 
 # "qam" (LWD) | "awr" (advantage-weighted flow matching: the critic-gradient-free ablation) | "recap"
-# (advantage-conditioned flow, pi0.6-style) | "q_grad" (RLPD/HIL-SERL-style: max Q through the sampler).
+# (advantage-conditioned flow, pi0.6-style) | "q_grad" (RLPD/HIL-SERL-style: max Q through the sampler) |
+# "best_of_n" (no actor training; acting picks the best of N BC samples by the target critic).
 EXTRACTIONS: dict[str, Extraction] = {
     "qam": Extraction(_qam_loss, residual=True),
     "awr": Extraction(_awr_loss, needs_value=True),
     "recap": Extraction(_recap_loss, act=_recap_act, needs_value=True),
     "q_grad": Extraction(_q_grad_loss),
+    # Act with the best of qam.best_of_n samples of the untrained actor (= the BC flow) under the target
+    # critic: the extraction-free use of the critic, and the probe of whether it ranks actions within a state.
+    "best_of_n": Extraction(None),
 }
 
 

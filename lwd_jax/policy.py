@@ -25,7 +25,9 @@ from lwd_jax.data.normalize import NormStats
 from lwd_jax.nets.language import get_default_encoder
 
 _MAGIC = b"LWDPOL1\0"
-KINDS = ("policy", "base")  # the fine-tuned LWD policy, or the BC (SFT) flow it started from
+# The fine-tuned policy, the BC (SFT) flow it started from, or the best of agent.qam.best_of_n BC samples by
+# the target critic (the critic's within-state ranking put to work without any extraction).
+KINDS = ("policy", "base", "best_of_n")
 
 
 def encode_policy(agent_cfg: ml_collections.ConfigDict, params: Any, stats: NormStats, version: int, kind: str) -> bytes:
@@ -96,10 +98,7 @@ class Policy:
         x = self.stats.normalize_obs({k: np.asarray(v) for k, v in obs.items()})
         x["lang"] = self._embed(list(instructions))
         self._rng, key = jax.random.split(self._rng)
-        if self.kind == "base":
-            a = self.agent.sample_base_actions(self.params, x, key)
-        else:
-            a = self.agent.sample_actions(self.params, x, key)
+        a = self.agent.sample_actions(self.params, x, key)  # the params' keys say which kind acts
         out = self.stats.unnormalize_action(np.asarray(a))
         self.last_latency_s = time.perf_counter() - t0
         return out

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 from lwd_jax import sharding as shd
-from lwd_jax.agent import LWDAgent
+from lwd_jax.agent import LWDAgent, policy_params
+from lwd_jax.algos.bc import euler_sample
 from lwd_jax.fake import random_batches, random_obs
 from lwd_jax.learner.checkpoint import Checkpointer
+from lwd_jax.methods import Nets
 from tests.agent_config import smoke_agent_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -124,3 +126,55 @@ def test_sharded_update_equals_single_device():
             # Same math, different reduction order across devices: float32 round-off only.
             np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=2e-4, atol=2e-5)
         assert abs(out[name + "_loss"] - out["one_loss"]) < 1e-4 * max(1.0, abs(out["one_loss"]))
+
+
+
+def test_online_freeze_keeps_encoder_params_and_moments_exactly(agent):
+    """freeze_encoder_online: after online updates the actor's encoder and its Adam moments are bit-identical
+    (zeroed gradients alone would let the offline momentum keep moving it), while its head moves."""
+    state = agent.init(0, random_obs(np.random.default_rng(0), 2))
+    off, _ = agent.update(state, random_batches(1, 2, 16), stage="offline")  # momentum from the offline stage
+    before = jax.device_get(off)
+    on, _ = agent.update(off, random_batches(2, 2, 16), stage="online", stage_start=int(before.step))
+    after = jax.device_get(on)
+
+    def enc(tree):
+        return jax.tree.leaves(tree["params"]["encoder"])
+
+    def head(tree):
+        return jax.tree.leaves({k: v for k, v in tree["params"].items() if k != "encoder"})
+
+    assert _leaves_equal(enc(before.params["actor"]), enc(after.params["actor"]))
+    adam_before, adam_after = before.opt_state["actor"][1][0], after.opt_state["actor"][1][0]
+    assert _leaves_equal(enc(adam_before.mu), enc(adam_after.mu)) and _leaves_equal(enc(adam_before.nu), enc(adam_after.nu))
+    assert not _leaves_equal(head(before.params["actor"]), head(after.params["actor"]))
+    # Offline the encoder trains: the freeze is the online stage's alone.
+    off2 = jax.device_get(agent.update(jax.device_put(before), random_batches(3, 2, 16), stage="offline")[0])
+    assert not _leaves_equal(enc(before.params["actor"]), enc(off2.params["actor"]))
+
+
+def test_best_of_n_acting_picks_the_target_critics_best_base_sample():
+    """Kind 'best_of_n' acts with the best of N BC samples by the target critic: its chunk's Q̄ is the max
+    over the N candidates (drawn with the same noise), and a blob without a critic acts with the plain BC flow."""
+    cfg = smoke_agent_config()
+    cfg.qam.best_of_n = 8
+    agent = LWDAgent(cfg, shd.make_mesh(devices=jax.devices()[:1]))
+    state = agent.init(0, random_obs(np.random.default_rng(0), 2))
+    obs = random_obs(np.random.default_rng(1), 4)
+    key = jax.random.PRNGKey(3)
+    best = agent.sample_actions(policy_params(state, "best_of_n"), obs, key)
+    q_best = np.asarray(agent.critic_values(state.params, obs, best)["q"])
+    obs_n = jax.tree.map(lambda x: np.repeat(x, 8, axis=0), obs)  # row b * N + j, as best-of-N lays them out
+    v_base = Nets.bound(agent.base_net, state.params["base"])
+    cands = euler_sample(v_base, obs_n, jax.random.normal(key, (4 * 8, *agent.action_shape)), agent.flow_cfg)
+    q_cands = np.asarray(agent.critic_values(state.params, obs_n, cands)["q"]).reshape(4, 8)
+    np.testing.assert_allclose(q_best, q_cands.max(axis=1), rtol=1e-5, atol=1e-6)
+    plain = agent.sample_actions(policy_params(state, "base"), obs, key)  # no critic in the params: N = 1
+    assert plain.shape == best.shape and not np.allclose(plain, best)
+
+
+def test_best_of_n_extraction_needs_n_samples():
+    cfg = smoke_agent_config()
+    cfg.extraction = "best_of_n"
+    with pytest.raises(ValueError, match="config.agent.qam.best_of_n"):
+        LWDAgent(cfg, shd.make_mesh(devices=jax.devices()[:1]))

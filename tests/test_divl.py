@@ -255,3 +255,32 @@ def test_divl_small_mdp_matches_analytic_quantile(tau_mode):
     # To atom resolution: within one atom (Δ = 0.024). Measured error <= 0.4 atom; it comes from the learned
     # Q (|error| ~ 0.002-0.004), the finite-batch value head, and the O(Δ²) two-hot smoothing.
     np.testing.assert_allclose(v, want, atol=delta)
+
+
+def test_centered_tau_has_its_batch_mean_at_tau_base():
+    """'centered' keeps the adaptive spread (lower tau where the value distribution is wider) but puts the
+    batch mean at tau_base; the paper's 'adaptive' form sits at tau_base - alpha * mean H (0.42 at our
+    measured entropy 0.6 with tau_base 0.6), below the level the config names."""
+    c = 51
+    logits = jax.random.normal(jax.random.PRNGKey(1), (256, c)) * jnp.linspace(0.5, 4.0, 256)[:, None]
+    h = divl.normalized_entropy(logits)
+    adaptive = divl.tau_of(logits, divl.DIVLConfig(num_atoms=c, tau_base=0.6, alpha=0.3, tau_min=0.05, tau_max=0.95))
+    centered = divl.tau_of(logits, divl.DIVLConfig(num_atoms=c, tau_base=0.6, alpha=0.3, tau_min=0.05, tau_max=0.95,
+                                                   tau_mode="centered"))
+    np.testing.assert_allclose(float(jnp.mean(centered)), 0.6, atol=1e-5)
+    np.testing.assert_allclose(float(jnp.mean(adaptive)), 0.6 - 0.3 * float(jnp.mean(h)), atol=1e-5)
+    np.testing.assert_allclose(centered - adaptive, 0.3 * float(jnp.mean(h)), atol=1e-5)  # same spread
+    assert float(jnp.corrcoef(centered, h)[0, 1]) < -0.99  # wider distribution -> lower level
+
+
+def test_tau_base_ramps_from_offline_to_online():
+    cfg = divl.DIVLConfig(tau_base=0.6, tau_base_online=0.9, tau_ramp_updates=100)
+    assert cfg.at_stage("offline").tau_base == 0.6
+    np.testing.assert_allclose([float(cfg.at_stage("online", n).tau_base) for n in (0, 50, 100, 500)],
+                               [0.6, 0.75, 0.9, 0.9], atol=1e-6)
+    jump = divl.DIVLConfig(tau_base=0.6, tau_base_online=0.9)  # the paper's: 0.9 from the first online update
+    assert jump.at_stage("online", 0).tau_base == 0.9
+    with pytest.raises(ValueError, match="tau_ramp_updates"):
+        divl.DIVLConfig(tau_ramp_updates=-1)
+    with pytest.raises(ValueError, match="tau_mode"):
+        divl.DIVLConfig(tau_mode="sideways")

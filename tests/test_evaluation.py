@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from lwd_jax.learner.eval_report import EpisodeResult, markdown_table, summarize, wilson_interval
+from lwd_jax.learner.eval_report import EpisodeResult, markdown_table, paired_success, summarize, wilson_interval
 
 
 @pytest.mark.parametrize(
@@ -34,3 +34,20 @@ def test_summarize_and_table():
     md = markdown_table({"m": s}, long_tasks={"a"})
     assert "| a (long) |" in md and "average long" in md and "average short" in md
     assert not any(math.isnan(v) for v in s["b"].values())
+
+
+def test_paired_success_counts_discordant_pairs_on_shared_scenes():
+    """Matched by (task, seed): 12 scenes where a wins, 2 where b wins, the rest tied -> diff 10/40, McNemar's
+    exact p = P(Binomial(14, 0.5) <= 2) * 2; unmatched episodes are ignored."""
+    a, b = [], []
+    for i in range(40):
+        sa, sb = (True, False) if i < 12 else (False, True) if i < 14 else (i % 2 == 0, i % 2 == 0)
+        a.append(EpisodeResult("t", i, sa, 10, float(sa), 100))
+        b.append(EpisodeResult("t", i, sb, 10, float(sb), 100))
+    b.append(EpisodeResult("t", 999, True, 10, 1.0, 100))  # a scene only b met
+    out = paired_success(a, b)
+    assert (out["n"], out["a_only"], out["b_only"]) == (40, 12, 2)
+    assert out["diff"] == pytest.approx(0.25)
+    assert out["mcnemar_p"] == pytest.approx(2 * sum(math.comb(14, k) for k in range(3)) / 2**14)
+    assert out["diff_lo"] < 0.25 < out["diff_hi"] and out["diff_lo"] > 0
+    assert paired_success(a, [])["n"] == 0

@@ -31,7 +31,7 @@ def test_train_offline_then_resume(smoke_dataset, tmp_path, capsys):
     cfg.stage = "offline"
     cfg.critic_warmup_steps = cfg.updates_per_call  # pretrain -> critic warm-up -> offline RL
     results = run(cfg)
-    assert set(results) == {"pretrain", "offline"}
+    assert set(results) == {"pretrain", "offline", "offline best-of-16"}
     with open(tmp_path / "logs" / "metrics.jsonl") as f:
         logged = [json.loads(line) for line in f]
     warmup = [r for r in logged if "critic/critic_loss" in r]
@@ -41,7 +41,12 @@ def test_train_offline_then_resume(smoke_dataset, tmp_path, capsys):
     with open(tmp_path / "probe.json") as f:
         probe = json.load(f)
     assert probe["offline"]["step"] == cfg.pretrain_steps + cfg.critic_warmup_steps + cfg.offline_steps
-    assert set(probe["offline"]) >= {"q_mc_pearson", "q_success_auroc", "q_mean", "mc_mean"}
+    assert set(probe["offline"]) >= {"q_mc_pearson", "q_success_auroc", "q_mean", "mc_mean", "q_policy_minus_base",
+                                     "policy_base_action_dist"}
+    with open(tmp_path / "paired.json") as f:  # every evaluation met the same scenes: paired tests exist
+        paired = json.load(f)
+    assert set(paired) == {"offline vs pretrain", "offline best-of-16 vs pretrain", "offline best-of-16 vs offline"}
+    assert all(c["n"] == len(results["pretrain"]) for c in paired.values())  # one episode per task here
     for method in results.values():
         for s in method.values():
             assert 0.0 <= s["success_rate"] <= 1.0 and s["episodes"] == 1
@@ -67,7 +72,7 @@ def test_mini_flywheel_end_to_end(smoke_dataset, tmp_path, capsys):
     cfg = _cfg(data_cfg, tmp_path)
     cfg.stage = "all"
     results = run(cfg)
-    assert list(results) == ["pretrain", "offline", "online"]
+    assert list(results) == ["pretrain", "offline", "offline best-of-16", "online", "online best-of-16"]
     out = capsys.readouterr().out
     assert "Online budget: 4 fleet episodes" in out and "online success" in out
     assert (tmp_path / "success_vs_fleet_episodes.png").stat().st_size > 10_000
@@ -128,3 +133,21 @@ def test_cli_unknown_override_names_the_key():
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     )
     assert proc.returncode != 0 and "actor_lrr" in proc.stderr
+
+
+def test_flywheel_study_end_to_end(smoke_dataset, tmp_path):
+    """`make flywheel` at smoke size: one seed through SFT -> offline -> online (best-of-N acting, utd pacing,
+    tau ramp), then the pooled paired tables; every stage met the same scenes."""
+    from experiments import flywheel
+
+    data_cfg, _ = smoke_dataset
+    agg = flywheel.main(["--smoke", "--seeds", "0", "--tasks", data_cfg.tasks, "--offline-dir", data_cfg.out_dir,
+                         "--root", str(tmp_path / "runs"), "--results", str(tmp_path / "results")])
+    n = len(data_cfg.tasks.split(","))  # one evaluation episode per task at smoke size
+    assert all(agg["pooled"][s]["episodes"] == n for s in flywheel.STAGES)
+    assert agg["paired"]["online vs offline (pooled)"]["n"] == n
+    assert "McNemar" in (tmp_path / "results" / "flywheel.md").read_text()
+    with open(tmp_path / "runs" / "seed0" / "logs" / "metrics.jsonl") as f:
+        online = [json.loads(line) for line in f if '"online/' in line]
+    assert online and all("online/am_loss" not in r for r in online)  # best-of-N trains no actor
+    assert {"online/tau_base", "online/tau_next_p90"} <= set(online[-1])

@@ -52,6 +52,9 @@ def get_agent_config() -> ml_collections.ConfigDict:
     a.extraction = "qam"
     a.baselines = ml_collections.ConfigDict(dataclasses.asdict(extraction.ExtractionConfig()))
     a.qam = ml_collections.ConfigDict(dataclasses.asdict(qam.QAMConfig()))  # lwd_jax/algos/qam.py
+    # Log the tilt's effective sample size and sigma_Q every update (a few % of an update): a run then shows
+    # whether QAM tilts at all (at inv_temp 0.5 with 0/1 rewards it does not; temperature="relative" does).
+    a.qam.tilt_diagnostics = True
     return a
 
 
@@ -107,6 +110,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.online.control_hz = 40.0  # simulated robots run at 2x their nominal 20 Hz, paced by the daemon
     c.online.fleet_episodes = 240  # fleet budget, split over the robots (0: until the learner is done)
     c.online.publish_every = 200  # learner updates between parameter versions (K)
+    # How the learner paces itself against the fleet: "episodes" (the update budget spread evenly over the
+    # fleet-episode budget: the same for every method) | "utd" (at most utd_ratio updates per robot step
+    # delivered so far: the learner trains as fast as its data allows, as SERL's actor/learner does).
+    c.online.pacing = "episodes"
+    c.online.utd_ratio = 1.0
     c.online.warmup_episodes = 6  # fleet episodes before the first online update
     c.online.warmup_timeout_s = 600.0
     c.online.log_window = 20  # per-task trailing window of fleet success in the logs
@@ -119,6 +127,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.eval.workers = 2
     c.eval.seed = 12345
     c.eval.offline = True  # evaluate after the offline stage too (the benchmark skips it where Table I does)
+    # The best-of-N probe after each RL stage (N BC samples, the best by the target critic); 0 or 1: off.
+    c.eval.best_of_n = 16
 
     c.checkpoint_every = 5_000
     c.keep_checkpoints = 3

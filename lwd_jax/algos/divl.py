@@ -26,7 +26,7 @@ from lwd_jax.algos.common import CriticApply, Info, Obs, Params, ValueApply, mas
 
 Batch = dict[str, jax.Array]
 _VALUE_TYPES = ("distributional", "expectile")
-_TAU_MODES = ("adaptive", "constant")
+_TAU_MODES = ("adaptive", "centered", "constant")
 _CRITIC_TARGETS = ("divl", "policy")
 _AGGS = ("min", "mean")
 
@@ -39,9 +39,15 @@ class DIVLConfig:
     num_atoms: int = 201  # C (paper: 201)
     v_min: float = -0.1  # paper: [-0.1, 1.1] for 0/1 success rewards; see `value_bounds` for others
     v_max: float = 1.1
-    tau_mode: str = "adaptive"  # "adaptive" (DIVL) | "constant" (ablation, tau(s) = tau_const)
+    # "adaptive" (DIVL, the paper's form): clip(tau_base - alpha H(s)); "centered": clip(tau_base - alpha
+    # (H(s) - mean_batch H)), the same spread with its batch mean at tau_base, so the bootstrap level is the
+    # configured one whatever the entropy's scale; "constant" (ablation): tau(s) = tau_const.
+    tau_mode: str = "adaptive"
     tau_base: float = 0.6  # paper: 0.6 offline (the level `tau_of` reads; `at_stage` swaps in the online one)
     tau_base_online: float = 0.9  # paper: 0.9 online
+    # Online updates over which tau_base moves linearly from tau_base to tau_base_online (0: the paper's jump
+    # at the first online update, which inflates Q̄ by ~0.1 in a few hundred updates on our data).
+    tau_ramp_updates: int = 0
     alpha: float = 0.3  # paper: 0.3
     tau_min: float = 0.4  # ours (paper gives none)
     tau_max: float = 0.95  # ours (paper gives none)
@@ -52,11 +58,17 @@ class DIVLConfig:
     rho: float = 0.5  # QAM reference's pessimism for the "policy" target
     target_ema: float = 0.005  # paper / QAM: EMA rate of the target critic (applied by the agent)
 
-    def at_stage(self, stage: str) -> DIVLConfig:
-        """These settings for one stage: `tau_base` is the offline level, `tau_base_online` the online one."""
+    def at_stage(self, stage: str, online_updates: jax.Array | int | None = None) -> DIVLConfig:
+        """These settings for one stage: `tau_base` is the offline level; online, `tau_base_online`, reached
+        linearly over `tau_ramp_updates` online updates (`online_updates` done so far, may be traced)."""
         if stage not in ("offline", "online"):
             raise ValueError(f"DIVLConfig.at_stage: expected 'offline' or 'online', got {stage!r}")
-        return dataclasses.replace(self, tau_base=self.tau_base_online) if stage == "online" else self
+        if stage == "offline":
+            return self
+        if self.tau_ramp_updates <= 0 or online_updates is None:
+            return dataclasses.replace(self, tau_base=self.tau_base_online)
+        frac = jnp.clip(jnp.asarray(online_updates, jnp.float32) / self.tau_ramp_updates, 0.0, 1.0)
+        return dataclasses.replace(self, tau_base=self.tau_base + frac * (self.tau_base_online - self.tau_base))
 
     def __post_init__(self):
         for field, value, allowed in (
@@ -74,6 +86,8 @@ class DIVLConfig:
             )
         if not 0.0 < self.tau_min <= self.tau_max < 1.0:
             raise ValueError(f"DIVLConfig: expected 0 < tau_min <= tau_max < 1, got {self.tau_min}, {self.tau_max}")
+        if self.tau_ramp_updates < 0:
+            raise ValueError(f"DIVLConfig.tau_ramp_updates: expected >= 0, got {self.tau_ramp_updates}")
         if not 0.0 < self.tau_const < 1.0 or not 0.0 < self.expectile < 1.0:
             raise ValueError(f"DIVLConfig: tau_const and expectile must lie in (0, 1), got {self.tau_const}, {self.expectile}")
 
@@ -149,6 +163,8 @@ def tau_of(logits: jax.Array, cfg: DIVLConfig) -> jax.Array:
     if cfg.tau_mode == "constant":
         return jnp.full(logits.shape[:-1], cfg.tau_const, jnp.float32)
     h = normalized_entropy(jax.lax.stop_gradient(logits))
+    if cfg.tau_mode == "centered":
+        h = h - jnp.mean(h)
     return jnp.clip(cfg.tau_base - cfg.alpha * h, cfg.tau_min, cfg.tau_max)
 
 
@@ -235,7 +251,11 @@ def bootstrap_value(value_apply: ValueApply, value_params: Params, obs: Obs, cfg
     support = atom_support(cfg.v_min, cfg.v_max, cfg.num_atoms)
     tau = tau_of(out, cfg)
     v = quantile(jax.nn.softmax(out, axis=-1), tau, support)
-    return v, {"v_next_mean": jnp.mean(v), "tau_next_mean": jnp.mean(tau), "tau_next_min": jnp.min(tau)}
+    p10, p50, p90 = jnp.percentile(tau, jnp.array([10.0, 50.0, 90.0]))
+    return v, {"v_next_mean": jnp.mean(v), "tau_next_mean": jnp.mean(tau), "tau_next_min": jnp.min(tau),
+               "tau_next_max": jnp.max(tau), "tau_next_p10": p10, "tau_next_p50": p50, "tau_next_p90": p90,
+               "tau_base": jnp.asarray(cfg.tau_base, jnp.float32),
+               "value_entropy_mean": jnp.mean(normalized_entropy(out))}
 
 
 def mean_value(value_apply: ValueApply, value_params: Params, obs: Obs, cfg: DIVLConfig) -> jax.Array:

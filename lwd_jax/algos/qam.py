@@ -43,7 +43,7 @@ class QAMConfig:
     clip_adjoint_actions: bool = True  # clip x_K to the bounds before grad_a Q (QAM code's clip_adj)
     action_low: float = -1.0
     action_high: float = 1.0
-    best_of_n: int = 1  # >1: act with the best of N fine-tuned samples by mean Q (default off)
+    best_of_n: int = 1  # >1: act with the best of N samples by the target critic's Q̄ (default off)
     # Which v_beta the agent passes in (agent-side switches, validated here):
     #   "frozen": the BC checkpoint taken before offline RL (LWD); "ema": EMA of a base kept trained by BC
     #   (QAM code's target_actor=True); "online": the BC-trained base's current params.

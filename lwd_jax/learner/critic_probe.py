@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from scipy.stats import rankdata
 
-from lwd_jax.agent import LWDAgent
+from lwd_jax.agent import LWDAgent, policy_params
 from lwd_jax.data import batching
 from lwd_jax.data.replay import TransitionBuffer
 from lwd_jax.learner.metrics_log import MetricsLogger
@@ -65,18 +65,31 @@ def probe_stats(q: np.ndarray, v: np.ndarray, mc_return: np.ndarray) -> dict[str
 
 
 class CriticProbe:
-    """`probe_stats` of the target critic on a fixed, task-balanced set of offline transitions: logged as
-    probe/* on the learner's log cadence and saved per stage in workdir/probe.json."""
+    """`probe_stats` of the target critic on a fixed, task-balanced set of offline transitions, and how far
+    the extraction moved the policy there (`extraction_stats`): logged as probe/* on the learner's log
+    cadence and saved per stage in workdir/probe.json."""
 
     def __init__(self, cfg, agent: LWDAgent, offline: TransitionBuffer, stats, table):
         rows = offline.sample(np.random.default_rng([cfg.seed, 7]), cfg.probe_size, balanced=cfg.data.task_balanced)
         batch = batching.agent_batch(rows, stats, table)
         self.agent, self.obs, self.actions, self.mc = agent, batch["observations"], batch["actions"], rows["mc_return"]
         self.path = os.path.join(cfg.workdir, "probe.json")
+        self.key = jax.random.PRNGKey(cfg.seed + 7)  # the same noise for policy and base, every probe
 
     def stats(self, state) -> dict[str, float]:
         vals = jax.device_get(self.agent.critic_values(state.params, self.obs, self.actions))
-        return probe_stats(vals["q"], vals["v"], self.mc)
+        return {**probe_stats(vals["q"], vals["v"], self.mc), **self.extraction_stats(state)}
+
+    def extraction_stats(self, state) -> dict[str, float]:
+        """Q̄ of the policy's and of the BC flow's actions on the probe states (same noise), and their mean
+        action distance: a run shows whether the extraction moved the policy, and toward higher Q̄."""
+        a_pol = self.agent.sample_actions(policy_params(state, "policy"), self.obs, self.key)
+        a_base = self.agent.sample_actions(policy_params(state, "base"), self.obs, self.key)
+        q_pol = np.asarray(self.agent.critic_values(state.params, self.obs, a_pol)["q"])
+        q_base = np.asarray(self.agent.critic_values(state.params, self.obs, a_base)["q"])
+        return {"q_policy_mean": float(q_pol.mean()), "q_base_mean": float(q_base.mean()),
+                "q_policy_minus_base": float(np.mean(q_pol - q_base)),
+                "policy_base_action_dist": float(np.mean(np.abs(np.asarray(a_pol) - np.asarray(a_base))))}
 
     def log(self, state, step: int, logger: MetricsLogger) -> None:
         logger.log(step, self.stats(state), prefix="probe")

@@ -12,6 +12,7 @@ on disk so a resumed run reuses them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -21,6 +22,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 
 from lwd_jax.agent import policy_params
@@ -118,31 +120,49 @@ def evaluate(
 
 
 class EvalCache:
-    """Per-task simulator evaluations, stored in workdir/evals/<name>.json so a resumed run reuses them."""
+    """Per-task simulator evaluations, stored in workdir/evals/<name>.json (summary and every episode) so a
+    resumed run reuses them and two evaluations on the same scenes can be compared pairwise."""
 
     def __init__(self, cfg, agent, stats, tasks, all_tasks):
         self.cfg, self.agent, self.stats, self.tasks, self.all_tasks = cfg, agent, stats, tasks, all_tasks
         self.dir = os.path.join(cfg.workdir, "evals")
         os.makedirs(self.dir, exist_ok=True)
 
+    def _path(self, name: str) -> str:
+        return os.path.join(self.dir, name.replace(" ", "_") + ".json")
+
+    def _saved(self, name: str, step: int | None = None) -> dict | None:
+        path = self._path(name)
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            saved = json.load(f)
+        if saved["tasks"] != self.tasks or (step is not None and saved["step"] != step):
+            return None
+        return saved
+
     def get(self, name: str, state, kind: str, step: int, logger: MetricsLogger | None = None) -> dict:
         """The evaluation `name` (taken at `step`), computed from `state` unless already on disk."""
-        path = os.path.join(self.dir, name.replace(" ", "_") + ".json")
-        if os.path.exists(path):
-            with open(path) as f:
-                saved = json.load(f)
-            if saved["step"] == step and saved["tasks"] == self.tasks:
-                return saved["summary"]
-        summary = evaluate_state(self.cfg, self.agent, state, self.stats, self.tasks, self.all_tasks, kind)
+        saved = self._saved(name, step)
+        if saved is not None:
+            return saved["summary"]
+        summary, results = evaluate_state(self.cfg, self.agent, state, self.stats, self.tasks, self.all_tasks, kind)
+        path = self._path(name)
         with open(path + ".tmp", "w") as f:
-            json.dump({"step": step, "tasks": self.tasks, "summary": summary}, f)
+            json.dump({"step": step, "tasks": self.tasks, "kind": kind, "summary": summary,
+                       "episodes": [dataclasses.asdict(r) for r in results]}, f)
         os.replace(path + ".tmp", path)
         if logger is not None:
             self._log(logger, step, summary, name)
         return summary
 
+    def episodes(self, name: str) -> list[EpisodeResult]:
+        """The per-episode results of a stored evaluation (empty for one saved before they were kept)."""
+        saved = self._saved(name)
+        return [EpisodeResult(**e) for e in saved.get("episodes", [])] if saved else []
+
     def log_only(self, state, step: int, logger: MetricsLogger) -> None:
-        summary = evaluate_state(self.cfg, self.agent, state, self.stats, self.tasks, self.all_tasks, "policy")
+        summary, _ = evaluate_state(self.cfg, self.agent, state, self.stats, self.tasks, self.all_tasks, "policy")
         self._log(logger, step, summary, "policy")
 
     @staticmethod
@@ -151,11 +171,16 @@ class EvalCache:
                           for t, s in summary.items()}, prefix="eval/" + name.replace(" ", "_"))
 
 
-def evaluate_state(cfg, agent, state, stats, tasks, all_tasks, kind: str) -> dict:
-    """Per-task summary of the policy ('policy': fine-tuned LWD; 'base': the BC flow) in the simulator."""
+def evaluate_state(cfg, agent, state, stats, tasks, all_tasks, kind: str) -> tuple[dict, list[EpisodeResult]]:
+    """(per-task summary, episodes) of one policy kind of `state` in the simulator: 'policy' (the fine-tuned
+    field), 'base' (the BC flow) or 'best_of_n' (the best of `eval.best_of_n` BC samples by the target critic)."""
     if cfg.eval.episodes_per_task <= 0:
-        return {}
+        return {}, []
+    agent_cfg = cfg.agent
+    if kind == "best_of_n":
+        agent_cfg = ml_collections.ConfigDict(cfg.agent.to_dict())
+        agent_cfg.qam.best_of_n = int(cfg.eval.best_of_n)
     params = jax.device_get(policy_params(state, kind))
-    blob = encode_policy(cfg.agent, params, stats, version=int(state.step), kind=kind)
+    blob = encode_policy(agent_cfg, params, stats, version=int(state.step), kind=kind)
     res = evaluate(blob, tasks, cfg.eval.episodes_per_task, cfg.eval.seed, cfg.eval.workers, all_tasks)
-    return summarize(res)
+    return summarize(res), res

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -112,10 +114,14 @@ def run_online(
     u = cfg.updates_per_call
 
     def batches(at: int) -> dict:
-        # Same budget for every method: learner updates keep pace with fleet episodes (a fast learner does
-        # not finish its updates on a fraction of the fleet's data; a slow one leaves the fleet idle).
-        want = _paced_episodes(oc.fleet_episodes, at + u - start, total_steps - start)
-        _wait_for_episodes(store, fleet, want, oc.warmup_timeout_s)
+        if oc.pacing == "episodes":
+            # Same budget for every method: learner updates keep pace with fleet episodes (a fast learner does
+            # not finish its updates on a fraction of the fleet's data; a slow one leaves the fleet idle).
+            want = _paced_episodes(oc.fleet_episodes, at + u - start, total_steps - start)
+            _wait_for(store, fleet, lambda: len(store) >= want, f"{want} fleet episodes", oc.warmup_timeout_s)
+        else:  # "utd": at most utd_ratio updates per robot step the fleet has delivered
+            steps = math.ceil((at + u - start) / oc.utd_ratio)
+            _wait_for(store, fleet, lambda: robot_steps(store) >= steps, f"{steps} robot steps", oc.warmup_timeout_s)
         rng = np.random.default_rng([cfg.seed, at, 1])
         cols = store.sample(rng, offline, cfg.batch_size * u, online_fraction(cfg, len(offline), store.num_transitions()),
                             cfg.data.task_balanced)
@@ -175,16 +181,21 @@ def _paced_episodes(fleet_episodes: int, updates_after: int, updates_total: int)
     return -(-fleet_episodes * updates_after // updates_total)  # ceil
 
 
-def _wait_for_episodes(store: FleetStore, fleet: LocalFleet, episodes: int, timeout_s: float) -> None:
-    """Blocks until `episodes` fleet episodes are stored, every robot has exited, or `timeout_s` passes
-    without a new episode (a stalled fleet must not hang the learner: it then trains on what it has)."""
+def robot_steps(store: FleetStore) -> int:
+    """Robot control steps in the fleet episodes stored so far (autonomous and human-driven alike)."""
+    return sum(e.steps for e in store.snapshot())
+
+
+def _wait_for(store: FleetStore, fleet: LocalFleet, ready: Callable[[], bool], what: str, timeout_s: float) -> None:
+    """Blocks until `ready()`, every robot has exited, or `timeout_s` passes without a new fleet episode (a
+    stalled fleet must not hang the learner: it then trains on what it has)."""
     last, t_last = len(store), time.monotonic()
-    while (n := len(store)) < episodes:
+    while not ready():
         _check_fleet(fleet)
-        if n != last:
+        if (n := len(store)) != last:
             last, t_last = n, time.monotonic()
         if fleet.all_exited() or time.monotonic() - t_last > timeout_s:
-            print(f"online: pacing gave up waiting at {n} fleet episodes (wanted {episodes})", flush=True)
+            print(f"online: pacing gave up waiting for {what} at {n} fleet episodes", flush=True)
             return
         time.sleep(0.1)
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from lwd_jax.learner.eval_report import wilson_interval
+
 
 def trailing_mean(values: Sequence[float], window: int) -> np.ndarray:
     """Mean of the last `window` values at each position (fewer at the start)."""
@@ -36,8 +38,10 @@ def success_vs_fleet_episodes(
 
     `episodes`: FleetEpisode records in acceptance order. Only episodes of `autonomous` robots (no human
     attendant) enter the curves, since a human's takeovers would inflate success; the x axis still counts
-    every fleet episode. `evals`: name -> (x, per-task summary) of simulator evaluations, drawn as points
-    with the average success and the mean of the per-task 95% interval bounds.
+    every fleet episode. The shaded band is the 95% Wilson interval of the trailing success rate (the
+    window's successes over its episodes); dotted vertical lines mark the first fleet episode run with each
+    newly published policy version. `evals`: name -> (x, per-task summary) of simulator evaluations, drawn
+    as points with the pooled success over all their episodes and its 95% Wilson interval.
     """
     import matplotlib
 
@@ -52,16 +56,26 @@ def success_vs_fleet_episodes(
             score.append(e.subgoal_frac)
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     if xs:
-        ax.plot(xs, trailing_mean(succ, window), label=f"fleet success (trailing {window})", color="C0")
+        rate = trailing_mean(succ, window)
+        n = np.minimum(np.arange(1, len(succ) + 1), window)
+        band = np.array([wilson_interval(round(r * k), int(k)) for r, k in zip(rate, n, strict=True)])
+        ax.plot(xs, rate, label=f"fleet success (trailing {window})", color="C0")
+        ax.fill_between(xs, band[:, 0], band[:, 1], color="C0", alpha=0.15, label="95% Wilson interval of it")
         ax.plot(xs, trailing_mean(score, window), label=f"fleet step-wise score (trailing {window})", color="C1", alpha=0.8)
+    first_of_version = {}
+    for i, e in enumerate(episodes):
+        first_of_version.setdefault(e.policy_version, i + 1)
+    for j, x in enumerate(sorted(first_of_version.values())[1:]):  # the first version is the offline policy
+        ax.axvline(x, color="0.5", linestyle=":", linewidth=0.8, label="new policy version deployed" if j == 0 else None)
     for k, (name, (x, summary)) in enumerate((evals or {}).items()):
         if not summary:
             continue
-        rates = [s["success_rate"] for s in summary.values()]
-        lo = np.mean([s["success_lo"] for s in summary.values()])
-        hi = np.mean([s["success_hi"] for s in summary.values()])
-        m = float(np.mean(rates))
-        ax.errorbar([x], [m], yerr=[[m - lo], [hi - m]], fmt="o", capsize=4, color=f"C{k + 2}", label=f"eval: {name} ({m:.2f})")
+        n_eps = sum(int(s["episodes"]) for s in summary.values())
+        wins = sum(round(s["success_rate"] * s["episodes"]) for s in summary.values())
+        m = wins / max(n_eps, 1)
+        lo, hi = wilson_interval(wins, n_eps)
+        ax.errorbar([x], [m], yerr=[[m - lo], [hi - m]], fmt="o", capsize=4, color=f"C{k + 2}",
+                    label=f"eval: {name} ({m:.2f}, 95% CI of {n_eps} episodes)")
     ax.set_xlabel("fleet episodes")
     ax.set_ylabel("success rate / score")
     ax.set_ylim(-0.02, 1.02)
