@@ -27,7 +27,7 @@ from experiments.cli import config_main
 from experiments.configs import benchmark as bench_cfg
 from experiments.configs.multitask import get_config
 from experiments.train import check_config, data_settings, load_data, run
-from lwd_jax.learner.eval_report import wilson_interval
+from lwd_jax.learner.eval_report import EpisodeResult, paired_markdown, paired_success, wilson_interval
 from lwd_jax.learner.local_fleet import plan_fleet
 from lwd_jax.learner.plots import trailing_mean
 from lwd_jax.sim.tasks import get_task
@@ -41,7 +41,11 @@ TABLE_ROWS = (
     ("HIL-SERL/RLPD", "HIL-SERL/RLPD", "online"),
     ("LWD offline", "LWD", "offline"),
     ("LWD online", "LWD", "online"),
+    ("Best-of-16", "Best-of-16", "online"),
 )
+# Paired comparisons (same test scenes, pooled over seeds) the note and the table report: (row a, row b).
+PAIRED = (("LWD online", "LWD offline"), ("LWD online", SFT), ("LWD offline", SFT), ("LWD online", "HG-DAgger"),
+          ("Best-of-16", SFT), ("LWD online", "Best-of-16"))
 
 
 def is_bc_reference(method: str) -> bool:
@@ -54,7 +58,7 @@ ABLATION_ROWS = (("LWD offline", "LWD", "offline"),) + tuple(
     (m, m, "pretrain" if is_bc_reference(m) else "offline")
     for m, spec in bench_cfg.METHODS.items() if spec.get("stage") == "offline"
 )
-ONLINE_METHODS = ("HG-DAgger", "RECAP", "HIL-SERL/RLPD", "LWD")
+ONLINE_METHODS = ("HG-DAgger", "RECAP", "HIL-SERL/RLPD", "LWD", "Best-of-16")
 
 
 def slug(name: str) -> str:
@@ -215,7 +219,15 @@ def aggregate(bcfg: ml_collections.ConfigDict, methods: list[str]) -> dict[str, 
                     ts.append(json.load(f)["seconds"])
         if ts:
             seconds[method] = {"runs": len(ts), "mean_s": float(np.mean(ts)), "total_s": float(np.sum(ts))}
+    paired = {}
+    for a, b in PAIRED + tuple((n, "LWD offline") for n, _, _ in ABLATION_ROWS[1:]):
+        if a in rows and b in rows:
+            ea, eb = row_episodes(bcfg, rows[a]), row_episodes(bcfg, rows[b])
+            paired[f"{a} vs {b}"] = paired_success(ea, eb)
+            paired[f"{a} vs {b} (long tasks)"] = paired_success(*(
+                [e for e in eps if e.task.split(":", 1)[1] in long_tasks] for eps in (ea, eb)))
     out = {"tasks": tasks, "long_tasks": long_tasks, "seeds": list(bcfg.seeds), "rows": rows, "seconds": seconds,
+           "paired": paired,
            "critic_probe": critic_probes(bcfg, methods),
            "overrides": {**bench_cfg.overrides(bcfg.variant), **parse_extra(bcfg.extra)},
            "methods": {m: bench_cfg.METHODS[m] for m in methods}}
@@ -234,21 +246,43 @@ def aggregate(bcfg: ml_collections.ConfigDict, methods: list[str]) -> dict[str, 
     return out
 
 
-PROBE_KEYS = ("q_success_auroc", "q_mc_spearman", "q_mc_pearson", "q_minus_mc_mean")
+def row_episodes(bcfg: ml_collections.ConfigDict, row: dict[str, Any]) -> list[EpisodeResult]:
+    """Every evaluation episode of a table row over its seeds, the seed in the task key ("<seed>:<task>") so
+    that pairs match within a seed (every method of a seed meets the same test scenes)."""
+    out = []
+    for seed in row["seeds"]:
+        path = os.path.join(workdir(bcfg, seed, row["method"]), "evals", row["evaluation"].replace(" ", "_") + ".json")
+        if os.path.exists(path):
+            with open(path) as f:
+                out += [EpisodeResult(**{**e, "task": f"{seed}:{e['task']}"}) for e in json.load(f).get("episodes", [])]
+    return out
+
+
+PROBE_KEYS = ("q_success_auroc", "q_mc_spearman", "q_mc_pearson", "q_minus_mc_mean", "q_policy_minus_base",
+              "best_of_n_success", "policy_success")
 
 
 def critic_probes(bcfg: ml_collections.ConfigDict, methods: list[str]) -> dict[str, dict[str, dict[str, float]]]:
     """method -> stage ("offline"/"online") -> PROBE_KEYS averaged over seeds (+ "seeds"), from each run's
-    probe.json (lwd_jax/learner/critic_probe.py): how well each method's critic ranks the offline data."""
+    probe.json (lwd_jax/learner/critic_probe.py: how well the critic ranks the offline data, and how far the
+    extraction moved the policy) and its results.json (the best-of-N probe's success beside the policy's, on
+    the same scenes: whether the critic ranks actions within a state)."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     for method in methods:
         per_stage: dict[str, list[dict[str, float]]] = {}
         for seed in bcfg.seeds:
             path = os.path.join(workdir(bcfg, seed, method), "probe.json")
-            if os.path.exists(path):
-                with open(path) as f:
-                    for stage, stats in json.load(f).items():
-                        per_stage.setdefault(stage, []).append(stats)
+            if not os.path.exists(path):
+                continue
+            res = _load(bcfg, seed, method) or {}
+            with open(path) as f:
+                for stage, stats in json.load(f).items():
+                    probe = next((v for k, v in res.items() if k.startswith(f"{stage} best-of-")), None)
+                    if probe:
+                        stats["best_of_n_success"] = float(np.mean([t["success_rate"] for t in probe.values()]))
+                    if res.get(stage):
+                        stats["policy_success"] = float(np.mean([t["success_rate"] for t in res[stage].values()]))
+                    per_stage.setdefault(stage, []).append(stats)
         if per_stage:
             out[method] = {stage: {"seeds": len(ss), **{k: float(np.nanmean([s.get(k, np.nan) for s in ss])) for k in PROBE_KEYS}}
                            for stage, ss in per_stage.items()}
@@ -295,12 +329,18 @@ def markdown(out: dict[str, Any]) -> str:
     if len(abl) > 1:
         table("Ablations of LWD's offline stage: success rate", abl, "success_rate", 2, True)
         table("Ablations: step-wise score", abl, "stepwise_score", 2, False)
+    if out.get("paired"):
+        lines.append("**Paired comparisons** (success on the same test scenes, pooled over seeds)")
+        lines.append("")
+        lines.append(paired_markdown(out["paired"]))
+        lines.append("")
     if out.get("critic_probe"):
         lines.append("**Critic probe** (Q̄ of each method's target critic on 2,048 offline transitions vs their Monte-Carlo "
                      "return; AUROC: successful vs failed episodes' transitions; mean over seeds)")
         lines.append("")
-        lines.append("| method | stage | AUROC success | Spearman(Q̄, MC) | Pearson(Q̄, MC) | mean Q̄ − MC |")
-        lines.append("|---|---|---|---|---|---|")
+        lines.append("| method | stage | AUROC success | Spearman(Q̄, MC) | Pearson(Q̄, MC) | mean Q̄ − MC | "
+                     "Q̄(policy) − Q̄(BC) | best-of-16 success | policy success |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
         for m, stages in out["critic_probe"].items():
             for stage, s in stages.items():
                 lines.append(f"| {m} | {stage} | " + " | ".join(_fmt(s[k]) for k in PROBE_KEYS) + " |")

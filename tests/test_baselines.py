@@ -194,15 +194,20 @@ def test_benchmark_driver_end_to_end(smoke_dataset, tmp_path):
     data_cfg, _ = smoke_dataset
     b = get_config("smoke")
     b.root, b.results_dir, b.offline_dir = str(tmp_path / "runs"), str(tmp_path / "results"), data_cfg.out_dir
-    b.methods = "HG-DAgger,QAM -> AWR flow,BC on all data"
+    b.methods = "HG-DAgger,Best-of-16,QAM -> AWR flow,BC on all data"
     b.extra = f"tasks={data_cfg.tasks}"
     out = benchmark.run_benchmark(b)
-    assert list(out["rows"]) == ["SFT", "HG-DAgger", "QAM -> AWR flow", "BC on all data"]
+    assert list(out["rows"]) == ["SFT", "HG-DAgger", "Best-of-16", "QAM -> AWR flow", "BC on all data"]
+    n = len(data_cfg.tasks.split(","))  # one evaluation episode per task: every method met the same scenes
+    assert out["paired"]["Best-of-16 vs SFT"]["n"] == n
+    assert "**Paired comparisons**" in (tmp_path / "results" / "benchmark.md").read_text()
+    # the best-of-N probe beside each RL method's policy (AWR's offline stage here)
+    assert set(out["critic_probe"]["QAM -> AWR flow"]["offline"]) >= {"best_of_n_success", "policy_success"}
     assert out["rows"]["BC on all data"]["evaluation"] == "pretrain"
     ref = benchmark.run_config(b, 0, "BC on all data")  # trains its own BC flow on the whole mix
     assert ref.init_from == "" and ref.data.pretrain_data == "all" and ref.offline_steps == 0
     assert os.path.isdir(os.path.join(ref.workdir, "checkpoints", str(ref.pretrain_steps)))
-    assert list(out["critic_probe"]) == ["QAM -> AWR flow"]  # HG-DAgger trains no critic
+    assert list(out["critic_probe"]) == ["Best-of-16", "QAM -> AWR flow"]  # HG-DAgger trains no critic
     assert out["critic_probe"]["QAM -> AWR flow"]["offline"]["seeds"] == 1
     sft = benchmark.workdir(b, 0, "SFT")
     with open(os.path.join(benchmark.workdir(b, 0, "HG-DAgger"), "results.json")) as f:

@@ -36,6 +36,10 @@ METHODS = {
     "HIL-SERL/RLPD": dict(stage="all", **{"agent.extraction": "q_grad", "agent.divl.critic_target": "policy",
                                           "agent.divl.value_type": "expectile", "eval.offline": False}),
     "LWD": dict(stage="all"),  # gives both "LWD offline" and "LWD online"
+    # Extraction-free use of the same critic: act with the best of 16 BC samples by the target critic Q̄, the
+    # critic trained offline and then online on the fleet's episodes (the actor is never trained).
+    "Best-of-16": dict(stage="all", **{"agent.extraction": "best_of_n", "agent.qam.best_of_n": 16,
+                                       "eval.best_of_n": 0, "eval.offline": False}),
     # ablations of LWD's offline stage (one switch each)
     "DIVL -> expectile (IQL)": dict(stage="offline", **{"agent.divl.value_type": "expectile"}),
     "adaptive -> constant tau": dict(stage="offline", **{"agent.divl.tau_mode": "constant"}),

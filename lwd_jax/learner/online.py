@@ -188,13 +188,20 @@ def robot_steps(store: FleetStore) -> int:
 
 def _wait_for(store: FleetStore, fleet: LocalFleet, ready: Callable[[], bool], what: str, timeout_s: float) -> None:
     """Blocks until `ready()`, every robot has exited, or `timeout_s` passes without a new fleet episode (a
-    stalled fleet must not hang the learner: it then trains on what it has)."""
+    stalled fleet must not hang the learner: it then trains on what it has). Once the fleet has finished,
+    it returns at once (said once in the log, not at every call)."""
+    if fleet.all_exited():
+        return
     last, t_last = len(store), time.monotonic()
     while not ready():
         _check_fleet(fleet)
         if (n := len(store)) != last:
             last, t_last = n, time.monotonic()
-        if fleet.all_exited() or time.monotonic() - t_last > timeout_s:
+        if fleet.all_exited():
+            print(f"online: the fleet finished at {n} fleet episodes (the learner wanted {what}); it trains on "
+                  "what the fleet delivered", flush=True)
+            return
+        if time.monotonic() - t_last > timeout_s:
             print(f"online: pacing gave up waiting for {what} at {n} fleet episodes", flush=True)
             return
         time.sleep(0.1)
