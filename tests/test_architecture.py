@@ -35,7 +35,7 @@ ALLOWED: dict[str, set[str]] = {
     "robot_bridge": {"fleet_api", "lwd_jax.policy", "lwd_jax.sim"},
     "experiments": {
         "fleet_api", "lwd_jax.agent", "lwd_jax.algos", "lwd_jax.data", "lwd_jax.fake", "lwd_jax.learner",
-        "lwd_jax.nets", "lwd_jax.policy", "lwd_jax.sharding", "lwd_jax.sim", "robot_bridge",
+        "lwd_jax.methods", "lwd_jax.nets", "lwd_jax.policy", "lwd_jax.sharding", "lwd_jax.sim", "robot_bridge",
     },
 }
 

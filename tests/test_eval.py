@@ -269,3 +269,17 @@ def test_parallel_evaluation_fails_loudly_when_workers_cannot_run():
     """A worker that cannot load the policy (or dies) must end the evaluation with an error, never hang it."""
     with pytest.raises(RuntimeError, match="evaluation: a worker process died or failed to load the policy"):
         ev.evaluate(b"not a policy blob", [EVAL_TASK], 2, seed=0, workers=2)
+
+
+def test_action_ranking_branches_from_replayed_states(tiny_run, tmp_path):
+    """experiments/action_ranking.py: the branch replays reach the recorded state exactly (it asserts so),
+    every candidate gets an outcome and a Q̄, and the summary counts the branch states."""
+    from experiments import action_ranking
+
+    workdir, _ = tiny_run
+    out = action_ranking.main(["--run", workdir, "--tasks", "cube_pick_place", "--episodes", "1", "--candidates", "2",
+                               "--branch-at", "0.5", "--out", str(tmp_path / "ar.json")])
+    (row,) = out["rows"]
+    assert len(row["q"]) == len(row["success"]) == 2 and row["t"] % 5 == 0
+    assert out["pooled"]["states"] == 1 and 0.0 <= out["pooled"]["mean_candidate_success"] <= 1.0
+    assert (tmp_path / "ar.json").stat().st_size > 0
