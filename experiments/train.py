@@ -300,11 +300,14 @@ def online_summary(cfg: ml_collections.ConfigDict, report) -> str:
     auto = [e for e in eps if e.robot_id in set(report.autonomous_robots)]
     human = sum(e.intervention_steps for e in eps)
     steps = sum(e.steps for e in eps)
+    seen = sorted({e.policy_version for e in eps})
     lines = [
         f"Online budget: {len(eps)} fleet episodes ({steps} robot steps; {human / max(steps, 1):.1%} driven by the "
         f"simulated human) from {cfg.online.num_robots} bridge processes at {cfg.online.control_hz:g} Hz, "
         f"{cfg.online_steps} learner updates, {len(report.versions_published)} policy versions, "
         f"{report.seconds / 60:.1f} min wall.",
+        f"Policy versions the fleet ran: {len(seen)} ({seen[0] if seen else '-'} .. {seen[-1] if seen else '-'})"
+        + (" -- only the first: the fleet finished before a new version reached it" if len(seen) == 1 else "") + ".",
     ]
     if auto:
         half = len(auto) // 2
