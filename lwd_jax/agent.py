@@ -85,7 +85,6 @@ class LWDAgent:
         self.divl_cfg = divl.DIVLConfig(**dict(cfg.divl))
         self.qam_cfg = qam.QAMConfig(**dict(cfg.qam))
         self.flow_cfg = self.qam_cfg.flow
-        self.extraction_name = cfg.extraction
         self.extraction = methods.get_extraction(cfg.extraction)
         if cfg.qam.residual and not self.extraction.residual:
             raise ValueError(f"config.agent.qam.residual: extraction {cfg.extraction!r} has no residual field")
