@@ -27,7 +27,8 @@ from experiments.cli import config_main
 from experiments.configs import benchmark as bench_cfg
 from experiments.configs.multitask import get_config
 from experiments.train import check_config, data_settings, load_data, run
-from lwd_jax.learner.eval_report import EpisodeResult, paired_markdown, paired_success, wilson_interval
+from lwd_jax.learner.eval_report import EpisodeResult, paired_markdown, paired_success, wilson_interval, with_seed
+from lwd_jax.learner.evaluation import load_episodes
 from lwd_jax.learner.local_fleet import plan_fleet
 from lwd_jax.learner.plots import trailing_mean
 from lwd_jax.sim.tasks import get_task
@@ -249,13 +250,8 @@ def aggregate(bcfg: ml_collections.ConfigDict, methods: list[str]) -> dict[str, 
 def row_episodes(bcfg: ml_collections.ConfigDict, row: dict[str, Any]) -> list[EpisodeResult]:
     """Every evaluation episode of a table row over its seeds, the seed in the task key ("<seed>:<task>") so
     that pairs match within a seed (every method of a seed meets the same test scenes)."""
-    out = []
-    for seed in row["seeds"]:
-        path = os.path.join(workdir(bcfg, seed, row["method"]), "evals", row["evaluation"].replace(" ", "_") + ".json")
-        if os.path.exists(path):
-            with open(path) as f:
-                out += [EpisodeResult(**{**e, "task": f"{seed}:{e['task']}"}) for e in json.load(f).get("episodes", [])]
-    return out
+    return [e for seed in row["seeds"]
+            for e in with_seed(load_episodes(workdir(bcfg, seed, row["method"]), row["evaluation"]), seed)]
 
 
 PROBE_KEYS = ("q_success_auroc", "q_mc_spearman", "q_mc_pearson", "q_minus_mc_mean", "q_policy_minus_base",

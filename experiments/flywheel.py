@@ -23,27 +23,17 @@ import numpy as np
 from experiments.configs.flywheel import get_config
 from experiments.train import check_config, load_data, run
 from lwd_jax.learner import eval_report
-from lwd_jax.learner.eval_report import EpisodeResult
+from lwd_jax.learner.eval_report import with_seed
+from lwd_jax.learner.evaluation import load_episodes
 from lwd_jax.sim.tasks import get_task
 
 STAGES = ("pretrain", "offline", "online")
 COMPARISONS = (("online", "offline"), ("online", "pretrain"), ("offline", "pretrain"))
 
 
-def stage_episodes(workdir: str, stage: str) -> list[EpisodeResult]:
-    """The per-episode results of one stage's evaluation of a finished run."""
-    with open(os.path.join(workdir, "evals", f"{stage}.json")) as f:
-        return [EpisodeResult(**e) for e in json.load(f)["episodes"]]
-
-
-def tagged(episodes: list[EpisodeResult], seed: int) -> list[EpisodeResult]:
-    """Episodes with the seed in the task key, so pooled pairs match within a seed only."""
-    return [EpisodeResult(**{**e.__dict__, "task": f"{seed}:{e.task}"}) for e in episodes]
-
-
 def aggregate(root: str, seeds: list[int], tasks: list[str]) -> dict[str, Any]:
     """Per-seed and pooled success and long-task step-wise score per stage, and the paired comparisons."""
-    eps = {s: {st: stage_episodes(os.path.join(root, f"seed{s}"), st) for st in STAGES} for s in seeds}
+    eps = {s: {st: load_episodes(os.path.join(root, f"seed{s}"), st) for st in STAGES} for s in seeds}
     long_tasks = {t for t in tasks if get_task(t).is_long}
     out: dict[str, Any] = {"seeds": seeds, "tasks": tasks, "per_seed": {}, "pooled": {}, "paired": {}}
     for st in STAGES:
@@ -61,9 +51,9 @@ def aggregate(root: str, seeds: list[int], tasks: list[str]) -> dict[str, Any]:
         }
     for a, b in COMPARISONS:
         out["paired"][f"{a} vs {b} (pooled)"] = eval_report.paired_success(
-            [e for s in seeds for e in tagged(eps[s][a], s)], [e for s in seeds for e in tagged(eps[s][b], s)])
-        long_a = [e for s in seeds for e in tagged(eps[s][a], s) if e.task.split(":", 1)[1] in long_tasks]
-        long_b = [e for s in seeds for e in tagged(eps[s][b], s) if e.task.split(":", 1)[1] in long_tasks]
+            [e for s in seeds for e in with_seed(eps[s][a], s)], [e for s in seeds for e in with_seed(eps[s][b], s)])
+        long_a = [e for s in seeds for e in with_seed(eps[s][a], s) if e.task.split(":", 1)[1] in long_tasks]
+        long_b = [e for s in seeds for e in with_seed(eps[s][b], s) if e.task.split(":", 1)[1] in long_tasks]
         out["paired"][f"{a} vs {b} (pooled, long tasks)"] = eval_report.paired_success(long_a, long_b)
         for s in seeds:
             out["paired"][f"{a} vs {b} (seed {s})"] = eval_report.paired_success(eps[s][a], eps[s][b])

@@ -77,6 +77,12 @@ def score_interval(scores: Sequence[float], z: float = Z95) -> tuple[float, floa
     return _wilson(m, n, z)
 
 
+def with_seed(episodes: Sequence[EpisodeResult], seed: int) -> list[EpisodeResult]:
+    """Episodes with the training seed in the task key ("<seed>:<task>"), so pairs pooled over seeds match
+    within a seed only (every stage and method of a seed meets the same test scenes)."""
+    return [dataclasses.replace(e, task=f"{seed}:{e.task}") for e in episodes]
+
+
 def paired_success(a: Sequence[EpisodeResult], b: Sequence[EpisodeResult], bootstrap: int = 2000,
                    seed: int = 0) -> dict[str, float]:
     """Success of `a` against `b` on the same scenes (episodes matched by task and reset seed).

@@ -119,6 +119,20 @@ def evaluate(
             ) from e
 
 
+def eval_path(workdir: str, name: str) -> str:
+    """Where a run keeps the evaluation `name`: <workdir>/evals/<name with "_" for " ">.json."""
+    return os.path.join(workdir, "evals", name.replace(" ", "_") + ".json")
+
+
+def load_episodes(workdir: str, name: str) -> list[EpisodeResult]:
+    """The per-episode results of a run's stored evaluation (empty when absent or saved before they were kept)."""
+    path = eval_path(workdir, name)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [EpisodeResult(**e) for e in json.load(f).get("episodes", [])]
+
+
 class EvalCache:
     """Per-task simulator evaluations, stored in workdir/evals/<name>.json (summary and every episode) so a
     resumed run reuses them and two evaluations on the same scenes can be compared pairwise."""
@@ -129,7 +143,7 @@ class EvalCache:
         os.makedirs(self.dir, exist_ok=True)
 
     def _path(self, name: str) -> str:
-        return os.path.join(self.dir, name.replace(" ", "_") + ".json")
+        return eval_path(self.cfg.workdir, name)
 
     def _saved(self, name: str, step: int | None = None) -> dict | None:
         path = self._path(name)
@@ -158,8 +172,7 @@ class EvalCache:
 
     def episodes(self, name: str) -> list[EpisodeResult]:
         """The per-episode results of a stored evaluation (empty for one saved before they were kept)."""
-        saved = self._saved(name)
-        return [EpisodeResult(**e) for e in saved.get("episodes", [])] if saved else []
+        return load_episodes(self.cfg.workdir, name) if self._saved(name) else []
 
     def log_only(self, state, step: int, logger: MetricsLogger) -> None:
         summary, _ = evaluate_state(self.cfg, self.agent, state, self.stats, self.tasks, self.all_tasks, "policy")
