@@ -15,7 +15,17 @@ PYTEST_ARGS ?=
 EXP ?= multitask
 TRAIN_ARGS ?=
 
-.PHONY: install data test lint clean bench train eval benchmark flywheel
+.PHONY: install data test lint clean bench train eval benchmark flywheel serve
+
+# Task names (one evaluation config per task) and the experiment configs EXP may name.
+EVAL_TASKS = $(filter-out all common __init__,$(basename $(notdir $(wildcard experiments/configs/eval/*.py))))
+EXP_CONFIGS = $(filter-out __init__ data benchmark serve,$(basename $(notdir $(wildcard experiments/configs/*.py))))
+# `make train EXP=<bogus>` fails here, before installing anything or generating data.
+ifneq ($(filter train,$(MAKECMDGOALS)),)
+ifeq ($(filter $(EXP),$(EXP_CONFIGS) $(EVAL_TASKS)),)
+$(error make train: unknown EXP='$(EXP)'; expected a config ($(EXP_CONFIGS)) or a task ($(EVAL_TASKS)))
+endif
+endif
 
 $(STAMP): setup.cfg pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (Python 3.11)"; exit 1; }
@@ -52,7 +62,6 @@ TASK ?= all
 RUN ?= runs/multitask
 POLICY ?= policy
 EVAL_ARGS ?=
-EVAL_TASKS = $(filter-out all common __init__,$(basename $(notdir $(wildcard experiments/configs/eval/*.py))))
 eval: install
 	@if [ "$(TASK)" != all ] && ! echo " $(EVAL_TASKS) " | grep -q " $(TASK) "; then \
 	  echo "make eval: unknown TASK='$(TASK)'; expected all or one of: $(EVAL_TASKS)" >&2; exit 2; fi
@@ -76,6 +85,14 @@ flywheel: install
 	@if [ -f $(DATA_DIR)/flywheel_large/.complete ]; then echo "data: $(DATA_DIR)/flywheel_large exists"; \
 	else $(PY) -m lwd_jax.sim.generate --config=$(DATA_CONFIG):large --config.tasks=$(FLYWHEEL_TASKS) --config.out_dir=$(DATA_DIR)/flywheel_large; fi
 	MUJOCO_GL=disable $(PY) -m experiments.flywheel --offline-dir=$(DATA_DIR)/flywheel_large $(FLYWHEEL_ARGS)
+
+# A learner that robots on other machines connect to (experiments/configs/serve.py; README "Run your own
+# fleet"): the main job's stages, then it serves online.host:port with the robots' tokens (and TLS) until
+# SIGTERM, which leaves the checkpoint, policy and fleet store on disk; the same command resumes.
+#   make serve SERVE_ARGS="--config.online.tokens_file=fleet/tokens.json --config.online.tls_cert=... --config.online.tls_key=..."
+SERVE_ARGS ?=
+serve: data
+	MUJOCO_GL=disable $(PY) -m experiments.serve --config=experiments/configs/serve.py --config.data.offline_dir=$(DATA_DIR)/offline $(SERVE_ARGS)
 
 # Speed and memory goals live here, as JSON, never in timed tests.
 bench: install

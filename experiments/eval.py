@@ -16,7 +16,7 @@ import time
 
 import ml_collections
 
-from experiments.cli import config_main
+from experiments.cli import ConfigError, config_main
 from experiments.configs.eval.common import episodes_for
 from lwd_jax.learner import eval_report, evaluation
 from lwd_jax.learner.export import export_policy
@@ -52,9 +52,13 @@ def report_stem(cfg: ml_collections.ConfigDict, tasks: list[str]) -> str:
 
 # =============================================================================================== main
 def run(cfg: ml_collections.ConfigDict) -> dict:
-    """Evaluates the configured checkpoint; writes the report files and returns the report dict."""
-    tasks, episodes = check_config(cfg)
-    exported = export_policy(cfg.run, cfg.policy, cfg.step, cfg.recap_indicator)
+    """Evaluates the configured checkpoint; writes the report files and returns the report dict. A bad value
+    or run directory raises ConfigError (one line, exit 2 from the command line)."""
+    try:
+        tasks, episodes = check_config(cfg)
+        exported = export_policy(cfg.run, cfg.policy, cfg.step, cfg.recap_indicator)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(f"config.run={cfg.run!r}: {e}" if isinstance(e, FileNotFoundError) else str(e)) from None
     print(f"eval: {cfg.run} step {exported.step} ({exported.phase or 'unknown phase'}), {cfg.policy} policy; "
           f"{sum(episodes.values())} episodes over {len(tasks)} task(s), {cfg.workers} worker(s), "
           f"teleop {'on' if cfg.teleop else 'off'}", flush=True)

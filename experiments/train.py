@@ -15,6 +15,7 @@ import functools
 import json
 import os
 import sys
+import threading
 import time
 
 import jax
@@ -22,7 +23,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from experiments.cli import config_main
+from experiments.cli import ConfigError, config_main, stop_on_signals
 from lwd_jax import sharding as shd
 from lwd_jax.agent import LWDAgent
 from lwd_jax.data import batching
@@ -35,7 +36,7 @@ from lwd_jax.learner.evaluation import EvalCache
 from lwd_jax.learner.local_fleet import plan_fleet
 from lwd_jax.learner.loop import Learner, Phase
 from lwd_jax.learner.metrics_log import MetricsLogger
-from lwd_jax.learner.online import run_online
+from lwd_jax.learner.online import check_serving, run_online
 from lwd_jax.nets.language import get_default_encoder
 from lwd_jax.sim.tasks import get_task, parse_tasks, task_names
 
@@ -44,6 +45,7 @@ PRETRAIN_DATA = ("all", "demos")
 ONLINE_LEARNERS = ("rl", "hg_dagger")
 ONLINE_MIXES = ("fixed", "proportional")
 ONLINE_PACINGS = ("episodes", "utd")
+UNBOUNDED_UPDATES = 10**15  # the online stage's end with online.until_stopped (a stop request ends it first)
 
 
 # ============================================================================================= config
@@ -84,6 +86,8 @@ def check_config(cfg: ml_collections.ConfigDict) -> list[str]:
         raise ValueError(f"config.init_from: no checkpoints/ in {cfg.init_from!r}")
     tasks = parse_tasks(cfg.tasks)
     plan_fleet(cfg.online.num_robots, tasks, cfg.online.fleet_episodes, cfg.online.teleop_robots, cfg.seed)  # checks both
+    if cfg.stage in ("online", "all") and (cfg.online_steps or cfg.online.until_stopped):
+        check_serving(cfg.online)  # unreadable credentials fail here, before any training (CredentialsError)
     return tasks
 
 
@@ -160,14 +164,25 @@ def load_data(cfg: ml_collections.ConfigDict, tasks: list[str]) -> OfflineData:
     return OfflineData(table, *load_offline(cfg, tasks, task_ids, table))
 
 
-def run(cfg: ml_collections.ConfigDict, data: OfflineData | None = None) -> dict:
+def run(cfg: ml_collections.ConfigDict, data: OfflineData | None = None, stop: threading.Event | None = None) -> dict:
     """Runs the configured stages; returns {evaluation: per-task summary} (the final table's columns).
 
     Evaluations are named by the stage they follow: "pretrain" (the BC flow), "offline" and "online" (the
-    policy the method deploys after that stage)."""
+    policy the method deploys after that stage). `stop` set (SIGTERM/SIGINT in the entry points) ends the
+    running stage with a checkpoint and returns the evaluations done so far; the same command resumes.
+    Bad settings raise ConfigError (one line naming the key; exit 2 from the command line)."""
     # ---- config
-    tasks = check_config(cfg)
-    os.makedirs(cfg.workdir, exist_ok=True)
+    try:
+        tasks = check_config(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if data is None and not os.path.isdir(cfg.data.offline_dir):
+        raise ConfigError(f"config.data.offline_dir: no dataset at {cfg.data.offline_dir!r}; run `make data` "
+                          "(or point config.data.offline_dir at an RLDS dataset)")
+    try:
+        os.makedirs(cfg.workdir, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"config.workdir: cannot use {cfg.workdir!r} as the run directory: {e}") from None
     all_tasks = task_names()
     task_ids = {t: i for i, t in enumerate(all_tasks)}  # registry order: stable ids across runs
 
@@ -201,7 +216,8 @@ def run(cfg: ml_collections.ConfigDict, data: OfflineData | None = None) -> dict
     p_end = cfg.pretrain_steps
     c_end = p_end + cfg.critic_warmup_steps
     o_end = c_end + cfg.offline_steps
-    total = o_end + (cfg.online_steps if cfg.stage in ("online", "all") else 0)
+    online_budget = UNBOUNDED_UPDATES if cfg.online.until_stopped else cfg.online_steps
+    total = o_end + (online_budget if cfg.stage in ("online", "all") else 0)
     step = int(state.step)
     if cfg.stage == "online" and step < o_end:
         raise ValueError(
@@ -211,8 +227,21 @@ def run(cfg: ml_collections.ConfigDict, data: OfflineData | None = None) -> dict
     logger = MetricsLogger(os.path.join(cfg.workdir, "logs"), console_every=1)
     evals = EvalCache(cfg, agent, stats, tasks, all_tasks)
     probe = CriticProbe(cfg, agent, offline, stats, table)
-    bar = tqdm(total=total, initial=step, desc="train", unit="upd", dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
-    learner = Learner(cfg, logger, ckpt, probe, evals, bar)
+    bar = tqdm(total=None if cfg.online.until_stopped else total, initial=step, desc="train", unit="upd", dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    learner = Learner(cfg, logger, ckpt, probe, evals, bar, stop=stop)
+    results: dict = {}
+
+    def stopped() -> bool:
+        """After a stage: on a stop request, close cleanly (the checkpoint is written) and skip the rest."""
+        if not learner.stopped:
+            return False
+        bar.close()
+        ckpt.wait()
+        print(f"stopped at step {int(state.step)} on request: checkpoint saved in {cfg.workdir}/checkpoints; "
+              "the same command resumes from it", flush=True)
+        logger.close()
+        ckpt.close()
+        return True
 
     def offline_batches(buf: TransitionBuffer):
         return lambda at: sample_batches(cfg, buf, None, at, stats, table)
@@ -220,11 +249,15 @@ def run(cfg: ml_collections.ConfigDict, data: OfflineData | None = None) -> dict
     hg = cfg.online_learner == "hg_dagger"  # BC on demos + human chunks; the fleet runs the BC flow
     deployed = "base" if hg else "policy"
     state = learner.run(state, Phase("pretrain", p_end, agent.pretrain_update, offline_batches(pretrain_buf), probe=False))
-    results = {"pretrain": evals.get("pretrain", state, "base", p_end, logger)}
+    if stopped():
+        return results
+    results["pretrain"] = evals.get("pretrain", state, "base", p_end, logger)
     state = learner.run(state, Phase("critic", c_end, functools.partial(agent.critic_update, stage="offline"),
                                      offline_batches(offline)))
     state = learner.run(state, Phase("offline", o_end, functools.partial(agent.update, stage="offline"),
                                      offline_batches(offline), evaluate_every=True))
+    if stopped():
+        return results
     # The best-of-N probe: acting with the best of N BC samples under the target critic, on the same scenes as
     # every other evaluation. It asks whether the critic ranks actions *within* a state, before any extraction.
     n_best = int(cfg.eval.best_of_n)
@@ -243,6 +276,8 @@ def run(cfg: ml_collections.ConfigDict, data: OfflineData | None = None) -> dict
         update = agent.pretrain_update if hg else functools.partial(agent.update, stage="online", stage_start=o_end)
         state, report = run_online(cfg, agent, state, pretrain_buf if hg else offline, stats, table, tasks, task_ids,
                                    learner, update, total)
+        if stopped():
+            return results
         results["online"] = evals.get("online", state, deployed, total, logger)
         if not hg:
             probe.save(state, total, "online")
@@ -321,7 +356,8 @@ def online_summary(cfg: ml_collections.ConfigDict, report) -> str:
 
 def main() -> None:
     shd.maybe_initialize_distributed()  # multi-host only when LWD_COORDINATOR is set (see lwd_jax/sharding.py)
-    config_main("experiments/configs/multitask.py", "experiment config", run)
+    stop = stop_on_signals()
+    config_main("experiments/configs/multitask.py", "experiment config", lambda cfg: run(cfg, stop=stop))
 
 
 if __name__ == "__main__":

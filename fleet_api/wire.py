@@ -380,3 +380,29 @@ def messages_to_params(chunks: Iterable[fleet_pb2.PolicyChunk], max_bytes: int) 
             f"params checksum mismatch for version {h.version}: header sha256 {h.sha256}, received {digest}"
         )
     return PolicyBlob(int(h.version), bytes(buf), digest, h.format)
+
+
+def fleet_status_to_dict(status: fleet_pb2.FleetStatus) -> dict[str, Any]:
+    """A FleetStatus message as plain JSON-able data (NaN where a window is empty)."""
+    return {
+        "policy_version": status.policy_version,
+        "episodes_accepted": status.episodes_accepted,
+        "window": status.window,
+        "robots": {
+            r.robot_id: {
+                "state": r.state, "episodes_done": r.episodes_done, "policy_version": r.policy_version,
+                "spool_pending": r.spool_pending, "episodes_accepted": r.episodes_accepted,
+                "seconds_since_heartbeat": r.seconds_since_heartbeat, "window_episodes": r.window_episodes,
+                "success_rate": r.success_rate, "intervention_rate": r.intervention_rate,
+            }
+            for r in status.robots
+        },
+        "tasks": {
+            t.task: {
+                "episodes_accepted": t.episodes_accepted, "window_episodes": t.window_episodes,
+                "success_rate": t.success_rate, "intervention_rate": t.intervention_rate,
+                "mean_cycle_steps": t.mean_cycle_steps,
+            }
+            for t in status.tasks
+        },
+    }

@@ -382,6 +382,16 @@ class LearnerClient:
         reply, _ = self._with_retry("heartbeat", call, attempts=self.config.heartbeat_attempts)
         return reply
 
+    def fleet_status(self, window: int = 0) -> fleet_pb2.FleetStatus:
+        """The learner's read-only view of the fleet over the last `window` episodes (0: its default)."""
+
+        def call() -> fleet_pb2.FleetStatus:
+            return self._stub.GetFleetStatus(fleet_pb2.FleetStatusRequest(window=window),
+                                             timeout=self.config.call_timeout_s, metadata=self._metadata)
+
+        reply, _ = self._with_retry("fleet status", call, attempts=self.config.heartbeat_attempts)
+        return reply
+
     def health(self, service: str = "") -> str:
         """The learner's standard health status name ("SERVING", "NOT_SERVING", ...)."""
 

@@ -12,7 +12,14 @@ Threads (why: the robot must never wait on the network):
 
 Shutdown (SIGTERM from systemd, or SIGINT): the episode in progress ends at the next tick and is spooled as a
 time-out (never lost), the uploader gets `shutdown_drain_s` to flush the spool, and whatever is left stays
-on disk for the next start. Exit code 0 on a clean stop; 2 on a bad config; 3 on bad credentials.
+on disk for the next start.
+
+Exit codes (the systemd unit's `RestartPreventExitStatus=2 3`: restarting fixes neither), one line on stderr:
+  0  clean stop (SIGTERM, or max_episodes done)
+  2  bad config: unreadable/invalid TOML, an unknown key, an unknown task, a backend that does not load
+  3  credentials: the token file is missing/unreadable, or the learner refused them before any policy ran
+  4  no policy was published within `policy_wait_s`
+  1  anything else (a traceback)
 
 Config: a TOML file (one per robot; see robot_bridge/deploy/robot.example.toml). Keys are the fields of
 `DaemonConfig`; the flags --robot-id / --learner / --max-episodes override the file.
@@ -54,7 +61,11 @@ from robot_bridge.spool import Spool
 
 log = logging.getLogger("robot_bridge.daemon")
 
-EXIT_OK, EXIT_CONFIG, EXIT_AUTH = 0, 2, 3
+EXIT_OK, EXIT_CONFIG, EXIT_AUTH, EXIT_NO_POLICY = 0, 2, 3, 4
+
+
+class CredentialsMissing(RuntimeError):
+    """The token file named by the config cannot be read (exit 3)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +148,10 @@ class DaemonConfig:
 
     def read_token(self) -> str | None:
         if self.token_file:
-            return Path(self.token_file).read_text().strip()
+            try:
+                return Path(self.token_file).read_text().strip()
+            except OSError as e:
+                raise CredentialsMissing(f"field 'token_file': cannot read {self.token_file!r}: {e.strerror}") from None
         return self.token or None
 
 
@@ -166,6 +180,7 @@ class BridgeDaemon:
         self.latest_version = -1
         self.state = "starting"
         self.auth_failed = False
+        self.policy_timed_out = False
         self._rng = random.Random(config.seed)
         self._threads: list[threading.Thread] = []
 
@@ -176,7 +191,10 @@ class BridgeDaemon:
         c = self.config
         tls = None
         if c.tls_root_ca:
-            tls = ClientTLS.from_files(c.tls_root_ca, c.tls_cert or None, c.tls_key or None, c.tls_target_name or None)
+            try:
+                tls = ClientTLS.from_files(c.tls_root_ca, c.tls_cert or None, c.tls_key or None, c.tls_target_name or None)
+            except OSError as e:
+                raise CredentialsMissing(f"TLS file {e.filename!r}: {e.strerror}") from None
         cc = ClientConfig(upload_timeout_s=c.upload_timeout_s, backoff_max_s=c.max_backoff_s)
         return LearnerClient(c.learner, c.robot_id, c.read_token(), tls=tls, config=cc, stop=self._net_stop)
 
@@ -298,6 +316,7 @@ class BridgeDaemon:
                 return False
             if deadline is not None and time.monotonic() > deadline:
                 log.error("no policy published within policy_wait_s=%.0f s", self.config.policy_wait_s)
+                self.policy_timed_out = True
                 return False
             attempt += 1
             self.stop_event.wait(min(2.0, self._backoff(attempt)))
@@ -321,7 +340,9 @@ class BridgeDaemon:
                 self._one_episode()
         finally:
             self._shutdown()
-        return EXIT_AUTH if self.auth_failed and self.policy is None else EXIT_OK
+        if self.auth_failed and self.policy is None:
+            return EXIT_AUTH
+        return EXIT_NO_POLICY if self.policy_timed_out else EXIT_OK
 
     def _one_episode(self) -> None:
         c = self.config
@@ -389,7 +410,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=config.log_level, stream=sys.stderr,
                         format=f"%(asctime)s {config.robot_id} %(levelname)s %(message)s")
     os.environ.setdefault("MUJOCO_GL", "disable")
-    daemon = BridgeDaemon(config)
+    try:
+        daemon = BridgeDaemon(config)
+    except CredentialsMissing as e:
+        print(f"robot_bridge.daemon: robot config {args.config}: {e}", file=sys.stderr)
+        return EXIT_AUTH
+    except (ValueError, ImportError) as e:  # unknown task, a backend that is not a Robot or does not import
+        print(f"robot_bridge.daemon: robot config {args.config}: {e}", file=sys.stderr)
+        return EXIT_CONFIG
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("received %s: finishing the current episode, then stopping", signal.Signals(signum).name)

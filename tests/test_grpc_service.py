@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fleet_api.protos import FLEET_SERVICE_NAME, fleet_pb2_grpc
 from fleet_api.schema import ACTION_DIM, IMAGE_SHAPE, PROPRIO_DIM, STATE_DIM, Episode
-from fleet_api.wire import episode_to_messages
+from fleet_api.wire import episode_to_messages, fleet_status_to_dict
 from lwd_jax.learner.auth import TokenAuth, add_robot, load_token_hashes
 from lwd_jax.learner.service import FleetServicer, PolicyStore, ServerTLS, serve
 from robot_bridge.client import (
@@ -374,6 +374,9 @@ def test_mtls_requires_a_client_cert_signed_by_the_fleet_ca(store, certs):
         for tls_opts in (ClientTLS(certs["ca.pem"]), ClientTLS(certs["ca.pem"], certs["rogue.pem"], certs["rogue.key"])):
             with connect(srv, tls=tls_opts, config=one_try) as client, pytest.raises(LearnerUnavailable):
                 client.upload_episode(make_episode(40, seed=6))
+        # robot-1's valid token over robot-0's certificate: the certificate's common name must be the robot id
+        with connect(srv, "robot-1", tls=good, config=one_try) as client, pytest.raises(AuthenticationFailed):
+            client.upload_episode(make_episode(40, robot_id="robot-1", seed=7))
         assert set(store.writes) == {ep.episode_id}
     finally:
         srv.stop(grace=0)
@@ -413,6 +416,34 @@ def test_policy_fetch_poll_and_watch(learner, policy):
         assert status.policy_version == 2
         assert [(r.robot_id, r.state, r.episodes_done, r.spool_pending) for r in status.robots] == [
             ("robot-0", "running", 4, 1)]
+
+
+def test_fleet_status_per_robot_and_task_over_a_window(learner, store):
+    """GetFleetStatus: per robot and per task over the trailing window of accepted episodes; records nothing."""
+    def ep(i: int, robot: str, task: str, success: bool, human: int) -> Episode:
+        e = make_episode(50, robot_id=robot, task=task, seed=100 + i)
+        return dataclasses.replace(e, success=success, terminal=success, intervention=np.arange(50) < human)
+
+    eps = [ep(0, "robot-0", "cube", False, 0), ep(1, "robot-0", "cube", True, 10), ep(2, "robot-1", "puzzle", True, 0)]
+    for e in eps:
+        with connect(learner, e.robot_id) as client:
+            client.upload_episode(e)
+    with connect(learner, "robot-1") as client:
+        full = fleet_status_to_dict(client.fleet_status())
+        last1 = fleet_status_to_dict(client.fleet_status(window=1))
+        with pytest.raises(EpisodeRejected, match="window"):
+            client.fleet_status(window=10**6)
+    assert full["episodes_accepted"] == 3 and full["window"] == 20
+    r0 = full["robots"]["robot-0"]
+    assert (r0["episodes_accepted"], r0["window_episodes"], r0["success_rate"]) == (2, 2, 0.5)
+    assert r0["intervention_rate"] == pytest.approx(10 / 100) and r0["seconds_since_heartbeat"] == -1.0
+    cube = full["tasks"]["cube"]
+    assert (cube["episodes_accepted"], cube["success_rate"], cube["mean_cycle_steps"]) == (2, 0.5, 50.0)
+    assert last1["robots"]["robot-0"]["success_rate"] == 1.0 and last1["tasks"]["cube"]["window_episodes"] == 1
+    puzzle = full["tasks"]["puzzle"]
+    assert (puzzle["success_rate"], puzzle["intervention_rate"], puzzle["mean_cycle_steps"]) == (1.0, 0.0, 50.0)
+    assert full["robots"].keys() == {"robot-0", "robot-1"}  # fleet_status calls recorded no heartbeat
+    assert all(r["seconds_since_heartbeat"] == -1.0 for r in full["robots"].values())
 
 
 class _CorruptingProxy(fleet_pb2_grpc.FleetServicer):

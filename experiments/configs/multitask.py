@@ -118,8 +118,19 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.online.warmup_episodes = 6  # fleet episodes before the first online update
     c.online.warmup_timeout_s = 600.0
     c.online.log_window = 20  # per-task trailing window of fleet success in the logs
-    c.online.port = 0  # 0: any free loopback port
+    c.online.port = 0  # 0: any free port (the bound one is printed and written to <workdir>/fleet/learner.json)
     c.online.stop_timeout_s = 120.0  # SIGTERM -> SIGKILL for daemons that do not finish and flush
+    # Serving a real fleet (experiments/serve.py; README "Run your own fleet"). The defaults serve the embedded
+    # fleet on loopback only, with tokens minted per run.
+    c.online.host = "127.0.0.1"  # bind address; "[::]" or "0.0.0.0" lets robots on other machines in
+    c.online.tokens_file = ""  # robots' hashed tokens (python -m lwd_jax.learner.auth add); re-read on change
+    c.online.tls_cert = ""  # PEM certificate chain and key of the learner: TLS on
+    c.online.tls_key = ""
+    c.online.tls_client_ca = ""  # PEM CA that signed the robots' client certificates: mTLS on
+    c.online.tls_ca = ""  # PEM CA the embedded robots check tls_cert against (with TLS and embedded robots)
+    c.online.tls_target_name = ""  # the name the embedded robots expect in tls_cert ("" : localhost)
+    c.online.until_stopped = False  # the online stage runs until SIGTERM/SIGINT (online_steps is then no limit)
+    c.online.duration_s = 0.0  # wall-clock budget of the online stage in seconds (0: none)
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 10_000
@@ -127,7 +138,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.eval.workers = 2
     c.eval.seed = 12345
     c.eval.offline = True  # evaluate after the offline stage too (the benchmark skips it where Table I does)
-    # The best-of-N probe after each RL stage (N BC samples, the best by the target critic); 0 or 1: off.
+    # The best-of-N probe after each RL stage (N BC samples, the best by the target critic); 0: off.
     c.eval.best_of_n = 16
 
     c.checkpoint_every = 5_000

@@ -49,8 +49,8 @@ def plan_fleet(num_robots: int, tasks: list[str], fleet_episodes: int, teleop_ro
     Every robot runs every task in turn, each starting at a different task, so all tasks get fleet data from
     the first minutes; the first `teleop_robots` robots have a (simulated) human attendant.
     """
-    if num_robots < 1:
-        raise ValueError(f"config.online.num_robots: expected >= 1, got {num_robots}")
+    if num_robots < 0:
+        raise ValueError(f"config.online.num_robots: expected >= 0 (0: a real fleet only), got {num_robots}")
     if not 0 <= teleop_robots <= num_robots:
         raise ValueError(f"config.online.teleop_robots: expected in [0, {num_robots}], got {teleop_robots}")
     specs = []
@@ -104,8 +104,8 @@ class LocalFleet:
             self.tokens[s.robot_id] = token_file.read_text().strip()
         return dict(self.tokens)
 
-    def write_configs(self, learner: str) -> None:
-        """Every robot's robot.toml, pointing at `learner` (host:port)."""
+    def write_configs(self, learner: str, tls: dict[str, str] | None = None) -> None:
+        """Every robot's robot.toml, pointing at `learner` (host:port), with the TLS keys `tls` when it serves TLS."""
         self.learner = learner
         for s in self.specs:
             d = self.root / s.robot_id
@@ -113,7 +113,7 @@ class LocalFleet:
             write_robot_config(d / "robot.toml", {
                 "robot_id": s.robot_id, "learner": self.learner, "state_dir": str(d / "state"),
                 "token_file": str(token_file), "tasks": list(s.tasks), "control_hz": self.control_hz,
-                "teleop": s.teleop, "seed": s.seed, "max_episodes": s.max_episodes, **self.extra,
+                "teleop": s.teleop, "seed": s.seed, "max_episodes": s.max_episodes, **(tls or {}), **self.extra,
             })
 
     def start(self) -> None:
@@ -132,7 +132,8 @@ class LocalFleet:
         return {rid: p.poll() for rid, p in self.procs.items()}
 
     def all_exited(self) -> bool:
-        return all(code is not None for code in self.poll().values())
+        """Every embedded daemon has exited; never true without embedded robots (a real fleet does not end)."""
+        return bool(self.specs) and all(code is not None for code in self.poll().values())
 
     def failed(self) -> dict[str, int]:
         """Robots that exited with an error."""

@@ -8,11 +8,16 @@ back from the state's step, so resume (from any checkpoint) re-enters the right 
 Cadence, with U = updates per jitted call (a step counter that advances by U): an event "every N" fires
 on the call that crosses a multiple of N (`step % N < U`); logs, checkpoints and the probe also fire at
 the end of every phase, so each phase's last state is logged and saved.
+
+Stopping: `Learner.stop` (an Event the entry points set on SIGTERM/SIGINT) ends the running phase after
+the update in flight, as if it were the phase's end: logged and checkpointed, so the same command resumes
+from there. A phase's `done()` ends it early the same way (the online stage's wall-clock budget).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +44,7 @@ class Phase:
     checkpoint_meta() -> what the phase adds to each checkpoint's JSON record (param version, ...).
     probe: the critic probe runs on this phase's log cadence (not during BC, which trains no critic).
     evaluate_every: periodic policy evaluations during the phase (the RL phases).
+    done() -> True ends the phase before `end` (checked after every call).
     """
 
     name: str
@@ -50,6 +56,7 @@ class Phase:
     checkpoint_meta: Callable[[], dict[str, Any]] | None = None
     probe: bool = True
     evaluate_every: bool = False
+    done: Callable[[], bool] | None = None
 
 
 def due(step: int, every: int, per_call: int) -> bool:
@@ -61,22 +68,28 @@ class Learner:
     """Runs phases with one cadence for logs, probes, checkpoints and evaluations (see the module doc)."""
 
     def __init__(self, cfg: Any, logger: MetricsLogger, ckpt: Checkpointer, probe: CriticProbe | None,
-                 evals: EvalCache | None, progress: Any = None):
+                 evals: EvalCache | None, progress: Any = None, stop: threading.Event | None = None):
         self.cfg, self.logger, self.ckpt, self.probe, self.evals, self.progress = cfg, logger, ckpt, probe, evals, progress
         self.u = int(cfg.updates_per_call)
+        self.stop = stop if stop is not None else threading.Event()
+
+    @property
+    def stopped(self) -> bool:
+        return self.stop.is_set()
 
     def run(self, state: Any, phase: Phase) -> Any:
-        """Trains from `state.step` to `phase.end` (nothing when already there); returns the state."""
+        """Trains from `state.step` to `phase.end` (nothing when already there, or once stopped); returns the state."""
         cfg, u = self.cfg, self.u
         step = int(state.step)
-        while step < phase.end:
+        saved = step  # a stop between calls still leaves the newest update checkpointed
+        while step < phase.end and not self.stopped:
             state, metrics = phase.update(state, phase.batches(step))
             step += u
             if self.progress is not None:
                 self.progress.update(u)
             if phase.after_update is not None:
                 phase.after_update(state, step)
-            last = step >= phase.end
+            last = step >= phase.end or self.stopped or (phase.done is not None and phase.done())
             if due(step, cfg.log_every, u) or last:
                 scalars = self.logger.log(step, jax.device_get(metrics), prefix=phase.name)
                 check_finite(scalars, step)
@@ -85,9 +98,17 @@ class Learner:
                 if phase.probe and self.probe is not None:
                     self.probe.log(state, step, self.logger)
             if due(step, cfg.checkpoint_every, u) or last:
-                meta = {"phase": phase.name, "step": step, "version": 0, "config": cfg.to_json()}
-                meta.update(phase.checkpoint_meta() if phase.checkpoint_meta is not None else {})
-                self.ckpt.save(step, state, meta, force=True)
+                self._save(state, step, phase)
+                saved = step
             if phase.evaluate_every and self.evals is not None and due(step, cfg.eval.every, u) and not last:
                 self.evals.log_only(state, step, self.logger)
+            if last:
+                break
+        if saved != step:
+            self._save(state, step, phase)
         return state
+
+    def _save(self, state: Any, step: int, phase: Phase) -> None:
+        meta = {"phase": phase.name, "step": step, "version": 0, "config": self.cfg.to_json()}
+        meta.update(phase.checkpoint_meta() if phase.checkpoint_meta is not None else {})
+        self.ckpt.save(step, state, meta, force=True)

@@ -9,11 +9,18 @@
 
 Why the order of shutdown: the fleet is stopped first (SIGTERM: each daemon ends its episode, spools it and
 flushes its spool to the still-running learner), then the server, so the budget's last episodes land too.
+
+The same stage serves a real fleet (`experiments/serve.py`): `online.host`/`port` where robots reach it,
+`online.tokens_file` (the operator's hashed tokens, re-read when it changes, so `auth add`/`remove` act
+without a restart), `online.tls_cert`/`tls_key` (+ `tls_client_ca` for mTLS), zero or more embedded
+simulated robots, and an end by update budget, `online.duration_s`, or a stop request (SIGTERM). With no
+embedded robots nobody "finishes": the learner waits for the fleet's data as long as it takes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -29,11 +36,11 @@ from lwd_jax.agent import LWDAgent, policy_params
 from lwd_jax.data import batching
 from lwd_jax.data.normalize import NormStats
 from lwd_jax.data.replay import TransitionBuffer
-from lwd_jax.learner.auth import TokenAuth
+from lwd_jax.learner.auth import CredentialsError, TokenAuth, load_token_hashes
 from lwd_jax.learner.fleet_store import FleetEpisode, FleetStore, fleet_summary
 from lwd_jax.learner.local_fleet import LocalFleet, plan_fleet
 from lwd_jax.learner.loop import Learner, Phase, UpdateFn
-from lwd_jax.learner.service import FleetServicer, PolicyStore, serve
+from lwd_jax.learner.service import FleetServicer, PolicyStore, ServerTLS, serve
 from lwd_jax.policy import encode_policy
 from lwd_jax.sim.tasks import get_task
 
@@ -42,6 +49,38 @@ log = logging.getLogger(__name__)
 
 class FleetFailed(RuntimeError):
     """Every robot of the embedded fleet exited with an error; the message points at their logs."""
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+DEFAULT_TLS_TARGET = "localhost"  # the name embedded robots check in the learner's certificate
+
+
+def check_serving(oc: ml_collections.ConfigDict) -> None:
+    """Fails fast (before any training) on serving settings that cannot work: unreadable credentials raise
+    CredentialsError naming the key; inconsistent settings raise ValueError naming the key."""
+    if bool(oc.tls_cert) != bool(oc.tls_key):
+        raise ValueError("config.online.tls_cert and tls_key: set both (TLS) or neither")
+    if oc.tls_client_ca and not oc.tls_cert:
+        raise ValueError("config.online.tls_client_ca: mTLS needs the server's own tls_cert and tls_key too")
+    if oc.num_robots and oc.tls_cert and not oc.tls_ca:
+        raise ValueError("config.online.tls_ca: with TLS on, the embedded robots need the CA that signed tls_cert "
+                         "(or set online.num_robots=0)")
+    if oc.num_robots and oc.tls_client_ca:
+        raise ValueError("config.online.tls_client_ca: the embedded simulated robots have no client certificates; "
+                         "mTLS serves a real fleet only (online.num_robots=0)")
+    if oc.duration_s < 0:
+        raise ValueError(f"config.online.duration_s: expected >= 0, got {oc.duration_s}")
+    for key in ("tls_cert", "tls_key", "tls_client_ca", "tls_ca"):
+        if oc[key] and not os.access(oc[key], os.R_OK):
+            raise CredentialsError(f"config.online.{key}: cannot read {oc[key]!r}")
+    if oc.tokens_file:
+        try:
+            load_token_hashes(oc.tokens_file)
+        except (OSError, ValueError) as e:
+            raise CredentialsError(f"config.online.tokens_file: {e}") from None
+    elif not oc.num_robots:
+        raise CredentialsError("config.online.tokens_file: required with no embedded robots (the fleet's robots "
+                               "need credentials: python -m lwd_jax.learner.auth add --tokens tokens.json robot-0)")
 
 
 @dataclasses.dataclass
@@ -72,8 +111,10 @@ def run_online(
     total_steps: int,
 ) -> tuple[Any, OnlineReport]:
     """Trains with `update` from `state.step` to `total_steps` while the fleet runs (the learner loop's
-    "online" phase); returns the final state and the report."""
+    "online" phase); returns the final state and the report. The phase also ends at `online.duration_s`
+    and when `learner.stop` is set (SIGTERM): last checkpoint and policy written, fleet store flushed."""
     oc = cfg.online
+    check_serving(oc)
     root = os.path.join(cfg.workdir, "fleet")
     # Every registered wording, in one batch, so the servicer's thread never has to embed one.
     table.ids([w for t in tasks for w in get_task(t).instructions])
@@ -91,13 +132,22 @@ def run_online(
     specs = plan_fleet(oc.num_robots, tasks, oc.fleet_episodes, oc.teleop_robots, cfg.seed)
     fleet = LocalFleet(root, specs, control_hz=oc.control_hz, extra_config={"shutdown_drain_s": 30.0})
     policies = PolicyStore()
+    embedded_tokens = fleet.make_tokens()
+    auth = (TokenAuth.watching(oc.tokens_file, embedded_tokens) if oc.tokens_file
+            else TokenAuth.from_plain_tokens(embedded_tokens))
     servicer = FleetServicer(
         persist=store.persist, on_accept=store.on_accept, known_tasks=task_ids,
         max_steps=max(get_task(t).step_budget for t in tasks), params_provider=policies,
-        auth=TokenAuth.from_plain_tokens(fleet.make_tokens()), seen_episode_ids=seen,
+        auth=auth, seen_episode_ids=seen,
     )
-    server = serve(servicer, port=oc.port, host="127.0.0.1")
-    fleet.write_configs(f"127.0.0.1:{server.port}")
+    tls = ServerTLS.from_files(oc.tls_cert, oc.tls_key, oc.tls_client_ca or None) if oc.tls_cert else None
+    if tls is None and oc.host not in LOOPBACK_HOSTS:
+        print(f"online: WARNING: serving on {oc.host} without TLS: robots' tokens cross the network in the clear "
+              "(set online.tls_cert and online.tls_key)", flush=True)
+    server = serve(servicer, port=oc.port, host=oc.host, tls=tls)
+    robot_tls = {"tls_root_ca": os.path.abspath(oc.tls_ca), "tls_target_name": oc.tls_target_name or DEFAULT_TLS_TARGET} if tls else {}
+    fleet.write_configs(f"127.0.0.1:{server.port}", robot_tls)
+    _write_address(root, oc.host, server.port, tls is not None, tls is not None and tls.client_ca is not None)
 
     versions: list[int] = []
 
@@ -112,23 +162,31 @@ def run_online(
     t0 = time.time()
     autonomous = {s.robot_id for s in specs if not s.teleop}
     u = cfg.updates_per_call
+    stop = learner.stop
+
+    def over_time() -> bool:
+        return bool(oc.duration_s) and time.time() - t0 >= oc.duration_s
+
+    def finishing() -> bool:
+        return stop.is_set() or over_time()
 
     def batches(at: int) -> dict:
         if oc.pacing == "episodes":
             # Same budget for every method: learner updates keep pace with fleet episodes (a fast learner does
             # not finish its updates on a fraction of the fleet's data; a slow one leaves the fleet idle).
             want = _paced_episodes(oc.fleet_episodes, at + u - start, total_steps - start)
-            _wait_for(store, fleet, lambda: len(store) >= want, f"{want} fleet episodes", oc.warmup_timeout_s)
+            _wait_for(store, fleet, lambda: len(store) >= want, f"{want} fleet episodes", oc.warmup_timeout_s, finishing)
         else:  # "utd": at most utd_ratio updates per robot step the fleet has delivered
             steps = math.ceil((at + u - start) / oc.utd_ratio)
-            _wait_for(store, fleet, lambda: robot_steps(store) >= steps, f"{steps} robot steps", oc.warmup_timeout_s)
+            _wait_for(store, fleet, lambda: robot_steps(store) >= steps, f"{steps} robot steps", oc.warmup_timeout_s,
+                      finishing)
         rng = np.random.default_rng([cfg.seed, at, 1])
         cols = store.sample(rng, offline, cfg.batch_size * u, online_fraction(cfg, len(offline), store.num_transitions()),
                             cfg.data.task_balanced)
         return batching.stack(batching.agent_batch(cols, stats, table), u)
 
     def after_update(st: Any, at: int) -> None:
-        if at % oc.publish_every < u or at >= total_steps:
+        if at % oc.publish_every < u or at >= total_steps or finishing():
             publish(st)
         _check_fleet(fleet)
 
@@ -142,14 +200,17 @@ def run_online(
 
     phase = Phase("online", total_steps, update, batches, after_update=after_update, extra_logs=fleet_logs,
                   checkpoint_meta=lambda: {"version": versions[-1], "fleet_episodes": len(store)},
-                  probe=False, evaluate_every=True)
+                  probe=False, evaluate_every=True, done=over_time)
     try:
         publish(state)
         fleet.start()
-        print(f"online: learner on {fleet.learner}; {len(specs)} bridge processes "
-              f"({len(specs) - len(autonomous)} with a human attendant) at {oc.control_hz:g} Hz; "
-              f"budget {oc.fleet_episodes or 'unbounded'} fleet episodes, {total_steps - step} learner updates", flush=True)
-        _wait_for_warmup(store, fleet, oc.warmup_episodes, oc.warmup_timeout_s)
+        budget = "until stopped" if oc.until_stopped else f"{total_steps - step} learner updates"
+        print(f"online: learner on {oc.host}:{server.port} (tls={tls is not None}, mtls={bool(tls and tls.client_ca)}, "
+              f"tokens {'file ' + oc.tokens_file if oc.tokens_file else 'minted for the embedded robots'}); "
+              f"{len(specs)} embedded bridge processes ({len(specs) - len(autonomous)} with a human attendant) at "
+              f"{oc.control_hz:g} Hz; budget {oc.fleet_episodes or 'unbounded'} fleet episodes, {budget}"
+              + (f", at most {oc.duration_s:g} s" if oc.duration_s else ""), flush=True)
+        _wait_for_warmup(store, fleet, oc.warmup_episodes, oc.warmup_timeout_s, finishing)
         state = learner.run(state, phase)
     finally:
         codes = fleet.stop(timeout_s=oc.stop_timeout_s)
@@ -163,6 +224,15 @@ def run_online(
     print(f"online: {len(report.fleet_episodes)} fleet episodes accepted, {len(versions)} versions published, "
           f"{report.seconds / 60:.1f} min; still spooled on robots: {report.spooled_left}", flush=True)
     return state, report
+
+
+def _write_address(root: str, host: str, port: int, tls: bool, mtls: bool) -> None:
+    """`<workdir>/fleet/learner.json`: where this learner listens (port 0 picks one), for tools and tests."""
+    os.makedirs(root, exist_ok=True)
+    tmp = os.path.join(root, ".learner.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump({"host": host, "port": port, "tls": tls, "mtls": mtls, "pid": os.getpid()}, f)
+    os.replace(tmp, os.path.join(root, "learner.json"))
 
 
 def online_fraction(cfg: ml_collections.ConfigDict, n_offline: int, n_online: int) -> float:
@@ -186,14 +256,15 @@ def robot_steps(store: FleetStore) -> int:
     return sum(e.steps for e in store.snapshot())
 
 
-def _wait_for(store: FleetStore, fleet: LocalFleet, ready: Callable[[], bool], what: str, timeout_s: float) -> None:
-    """Blocks until `ready()`, every robot has exited, or `timeout_s` passes without a new fleet episode (a
-    stalled fleet must not hang the learner: it then trains on what it has). Once the fleet has finished,
-    it returns at once (said once in the log, not at every call)."""
+def _wait_for(store: FleetStore, fleet: LocalFleet, ready: Callable[[], bool], what: str, timeout_s: float,
+              interrupted: Callable[[], bool] = lambda: False) -> None:
+    """Blocks until `ready()`, every robot has exited, `interrupted()` (a stop request), or `timeout_s` passes
+    without a new fleet episode (a stalled fleet must not hang the learner: it then trains on what it has).
+    Once the embedded fleet has finished, it returns at once (said once in the log, not at every call)."""
     if fleet.all_exited():
         return
     last, t_last = len(store), time.monotonic()
-    while not ready():
+    while not ready() and not interrupted():
         _check_fleet(fleet)
         if (n := len(store)) != last:
             last, t_last = n, time.monotonic()
@@ -207,10 +278,11 @@ def _wait_for(store: FleetStore, fleet: LocalFleet, ready: Callable[[], bool], w
         time.sleep(0.1)
 
 
-def _wait_for_warmup(store: FleetStore, fleet: LocalFleet, episodes: int, timeout_s: float) -> None:
+def _wait_for_warmup(store: FleetStore, fleet: LocalFleet, episodes: int, timeout_s: float,
+                     interrupted: Callable[[], bool] = lambda: False) -> None:
     """Training on an empty fleet buffer would be offline RL with a different tau; wait for first data."""
     deadline = time.monotonic() + timeout_s
-    while len(store) < episodes:
+    while len(store) < episodes and not interrupted():
         _check_fleet(fleet)
         if fleet.all_exited() or time.monotonic() > deadline:
             print(f"online: warm-up ended with {len(store)} fleet episodes (wanted {episodes})", flush=True)
@@ -221,5 +293,5 @@ def _wait_for_warmup(store: FleetStore, fleet: LocalFleet, episodes: int, timeou
 def _check_fleet(fleet: LocalFleet) -> None:
     """Raises FleetFailed once every daemon has exited with an error (the stage cannot get new data)."""
     bad = fleet.failed()
-    if bad and len(bad) == len(fleet.specs):
+    if fleet.specs and bad and len(bad) == len(fleet.specs):
         raise FleetFailed(f"every bridge daemon exited with an error {bad}; see {fleet.root}/robot-*/daemon.log")

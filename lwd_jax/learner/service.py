@@ -21,9 +21,11 @@ package both sides of the API share; the health service is grpcio-health-checkin
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -45,6 +47,7 @@ from fleet_api.wire import (
     PolicyBlob,
     WireError,
     field_of,
+    fleet_status_to_dict,
     params_to_messages,
 )
 from lwd_jax.learner.auth import AuthError, TokenAuth
@@ -58,6 +61,8 @@ DEFAULT_WATCH_POLL_S = 0.25  # how quickly WatchPolicy notices a new version
 DEFAULT_WATCH_MAX_S = 300.0  # a WatchPolicy stream ends after this, so it never pins a thread forever
 DEFAULT_CLOSE_TIMEOUT_S = 30.0  # how long stop() waits for persist calls already running
 DEFAULT_STOP_GRACE_S = 2.0
+DEFAULT_STATUS_WINDOW = 20  # trailing episodes per robot / per task in GetFleetStatus
+MAX_STATUS_WINDOW = 1_000  # outcomes kept per robot and per task (bounded memory whatever the fleet's age)
 # Server keepalive: ping idle clients to drop dead connections; accept client pings every >= 10 s
 # (the bridge pings every 30 s, see robot_bridge/client.py).
 SERVER_KEEPALIVE_TIME_MS = 60_000
@@ -95,6 +100,19 @@ class PolicyStore:
 # ------------------------------------------------------------------------------------------- fleet
 
 
+@dataclasses.dataclass(frozen=True)
+class _Outcome:
+    """What status needs of one accepted episode (the episode itself is the learner's, not ours to keep)."""
+
+    success: bool
+    steps: int
+    human_steps: int
+
+
+def _recent() -> collections.deque:
+    return collections.deque(maxlen=MAX_STATUS_WINDOW)
+
+
 @dataclasses.dataclass
 class _RobotRecord:
     state: str = ""
@@ -103,6 +121,23 @@ class _RobotRecord:
     spool_pending: int = 0
     last_seen: float = 0.0
     episodes_accepted: int = 0
+    recent: collections.deque = dataclasses.field(default_factory=_recent)
+
+
+@dataclasses.dataclass
+class _TaskRecord:
+    episodes_accepted: int = 0
+    recent: collections.deque = dataclasses.field(default_factory=_recent)
+
+
+def window_stats(outcomes: list[_Outcome]) -> tuple[float, float, float]:
+    """(success rate, share of human-driven steps, mean steps of the successes) of a window; NaN when empty."""
+    if not outcomes:
+        return math.nan, math.nan, math.nan
+    steps = sum(o.steps for o in outcomes)
+    wins = [o.steps for o in outcomes if o.success]
+    return (len(wins) / len(outcomes), sum(o.human_steps for o in outcomes) / max(steps, 1),
+            sum(wins) / len(wins) if wins else math.nan)
 
 
 class _Reject(Exception):
@@ -158,6 +193,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         self._closing = threading.Event()
         self._episodes_accepted = 0
         self._robots: dict[str, _RobotRecord] = {}
+        self._tasks: dict[str, _TaskRecord] = {}
         self._blob_cache: PolicyBlob | None = None
 
     # ---------------------------------------------------------------- lifecycle and introspection
@@ -172,9 +208,9 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         with self._lock:
             return frozenset(self._acked)
 
-    def fleet_status(self) -> dict[str, Any]:
+    def fleet_status(self, window: int = DEFAULT_STATUS_WINDOW) -> dict[str, Any]:
         """The learner's view of the fleet, as plain data for logs."""
-        return _status_to_dict(self._fleet_status_proto())
+        return fleet_status_to_dict(self._fleet_status_proto(window, with_tasks=True))
 
     # ---------------------------------------------------------------- helpers
 
@@ -183,7 +219,13 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         if self._auth is None:
             return None
         try:
-            return self._auth.authenticate(context.invocation_metadata())
+            robot = self._auth.authenticate(context.invocation_metadata())
+            # Under mTLS the certificate names the robot too: a leaked token alone, or another robot's
+            # certificate, is not enough (the common name must be the robot id).
+            names = {n.decode() for n in (context.auth_context() or {}).get("x509_common_name", [])}
+            if names and robot not in names:
+                raise AuthError(f"robot id {robot!r} is not the client certificate's common name {sorted(names)}")
+            return robot
         except AuthError as e:
             md = dict(context.invocation_metadata() or ())
             log.warning("rejected call from %s (robot-id %r): %s", context.peer(), md.get(METADATA_ROBOT_ID), e)
@@ -241,10 +283,16 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                 except Exception as e:
                     log.exception("persist failed for episode %s from %s", ep.episode_id, ep.robot_id)
                     raise _Reject(grpc.StatusCode.UNAVAILABLE, "", f"learner could not persist episode: {e}") from e
+                outcome = _Outcome(bool(ep.success), int(ep.num_steps), int(ep.intervention.sum()))
                 with self._lock:
                     self._acked.add(ep.episode_id)
                     self._episodes_accepted += 1
-                    self._robots.setdefault(ep.robot_id, _RobotRecord()).episodes_accepted += 1
+                    robot = self._robots.setdefault(ep.robot_id, _RobotRecord())
+                    robot.episodes_accepted += 1
+                    robot.recent.append(outcome)
+                    task = self._tasks.setdefault(ep.task, _TaskRecord())
+                    task.episodes_accepted += 1
+                    task.recent.append(outcome)
                 if self._on_accept is not None:
                     try:
                         self._on_accept(ep)
@@ -352,37 +400,41 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             rec.last_seen = self._clock()
         return self._fleet_status_proto()
 
-    def _fleet_status_proto(self) -> fleet_pb2.FleetStatus:
+    def GetFleetStatus(self, request, context):  # noqa: N802
+        self._authenticate(context)
+        window = int(request.window) or DEFAULT_STATUS_WINDOW
+        if not 1 <= window <= MAX_STATUS_WINDOW:
+            self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, "window",
+                        f"field 'window' expected 1..{MAX_STATUS_WINDOW} (0: {DEFAULT_STATUS_WINDOW}), got {request.window}")
+        return self._fleet_status_proto(window, with_tasks=True)
+
+    def _fleet_status_proto(self, window: int = DEFAULT_STATUS_WINDOW, with_tasks: bool = False) -> fleet_pb2.FleetStatus:
         version = self._version_proto()
         now = self._clock()
         with self._lock:
-            robots = [
-                fleet_pb2.RobotStatus(
+            robots = []
+            for rid, r in sorted(self._robots.items()):
+                recent = list(r.recent)[-window:]
+                success, human, _ = window_stats(recent)
+                robots.append(fleet_pb2.RobotStatus(
                     robot_id=rid, state=r.state, episodes_done=r.episodes_done, policy_version=r.policy_version,
                     spool_pending=r.spool_pending, episodes_accepted=r.episodes_accepted,
                     seconds_since_heartbeat=(now - r.last_seen) if r.last_seen else -1.0,
-                )
-                for rid, r in sorted(self._robots.items())
-            ]
+                    window_episodes=len(recent), success_rate=success, intervention_rate=human,
+                ))
+            tasks = []
+            for name, t in sorted(self._tasks.items()) if with_tasks else ():
+                recent = list(t.recent)[-window:]
+                success, human, cycle = window_stats(recent)
+                tasks.append(fleet_pb2.TaskStatus(
+                    task=name, episodes_accepted=t.episodes_accepted, window_episodes=len(recent),
+                    success_rate=success, intervention_rate=human, mean_cycle_steps=cycle,
+                ))
             total = self._episodes_accepted
         return fleet_pb2.FleetStatus(
-            policy_version=version.version if version.available else -1, episodes_accepted=total, robots=robots
+            policy_version=version.version if version.available else -1, episodes_accepted=total, robots=robots,
+            tasks=tasks, window=window,
         )
-
-
-def _status_to_dict(status: fleet_pb2.FleetStatus) -> dict[str, Any]:
-    return {
-        "policy_version": status.policy_version,
-        "episodes_accepted": status.episodes_accepted,
-        "robots": {
-            r.robot_id: {
-                "state": r.state, "episodes_done": r.episodes_done, "policy_version": r.policy_version,
-                "spool_pending": r.spool_pending, "episodes_accepted": r.episodes_accepted,
-                "seconds_since_heartbeat": r.seconds_since_heartbeat,
-            }
-            for r in status.robots
-        },
-    }
 
 
 # ------------------------------------------------------------------------------------------- server
