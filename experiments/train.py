@@ -76,6 +76,8 @@ def check_config(cfg: ml_collections.ConfigDict) -> list[str]:
         raise ValueError(f"config.data.gamma: expected in (0, 1], got {cfg.data.gamma}")
     if cfg.agent.action_dim != 5:
         raise ValueError(f"config.agent.action_dim: the manipspace suite has 5-d actions, got {cfg.agent.action_dim}")
+    if int(cfg.eval.best_of_n) < 0 or int(cfg.eval.best_of_n) == 1:
+        raise ValueError(f"config.eval.best_of_n: expected 0 (no best-of-N probe) or N >= 2, got {cfg.eval.best_of_n}")
     if cfg.data.pretrain_data not in PRETRAIN_DATA:
         raise ValueError(f"config.data.pretrain_data: expected one of {PRETRAIN_DATA}, got {cfg.data.pretrain_data!r}")
     if cfg.data.online_mix not in ONLINE_MIXES:

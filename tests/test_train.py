@@ -111,6 +111,11 @@ def test_config_errors_name_the_key(tmp_path):
     cfg.online.teleop_robots = 3  # more attended robots than robots
     with pytest.raises(ValueError, match="config.online.teleop_robots"):
         check_config(cfg)
+    for bad in (-4, 1):  # 0 is off, N >= 2 is the probe; anything else is a typo, not "off"
+        cfg = get_config("smoke")
+        cfg.eval.best_of_n = bad
+        with pytest.raises(ValueError, match="config.eval.best_of_n"):
+            check_config(cfg)
     cfg = get_config("smoke")
     cfg.online.fleet_episodes = -1
     with pytest.raises(ValueError, match="config.online.fleet_episodes"):
