@@ -2,6 +2,8 @@
 
     python -m experiments.flywheel --seeds 0,1,2            # resumable: a seed with results.json is not rerun
     python -m experiments.flywheel --seeds 0 --smoke        # tiny nets and budgets (what the test runs)
+    python -m experiments.flywheel --set agent.divl.tau_base_online=0.6 --root runs/flywheel_tau06 \
+        --results results/flywheel/tau06                     # a variant: config overrides, its own dirs
 
 Per seed one `experiments.train` run (BC on the demos = SFT, critic warm-up + offline RL, the online stage
 with the embedded fleet), all on one dataset loaded once. Every stage is evaluated on the same test scenes,
@@ -12,6 +14,7 @@ scene), with McNemar's exact test and a paired-bootstrap interval of the success
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import shutil
@@ -60,6 +63,26 @@ def aggregate(root: str, seeds: list[int], tasks: list[str]) -> dict[str, Any]:
     return out
 
 
+def apply_overrides(cfg: Any, overrides: list[str]) -> None:
+    """`key.path=value` pairs onto a locked ConfigDict; values parse as Python literals (else strings). An
+    unknown key is an error naming it (ConfigDict refuses new keys), so a typo never runs the base protocol."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected key.path=value")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        *parents, leaf = key.split(".")
+        node = cfg
+        for p in parents:
+            node = node[p]
+        if leaf not in node:
+            raise ValueError(f"--set {item!r}: config has no field {key!r}")
+        node[leaf] = type(node[leaf])(value) if isinstance(node[leaf], float) and isinstance(value, int) else value
+
+
 def markdown(agg: dict[str, Any]) -> str:
     """The study's tables: success per stage (pooled Wilson CI, seed mean ± std, per task) and the paired tests."""
     tasks = agg["tasks"]
@@ -85,6 +108,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--results", default="results/flywheel")
     ap.add_argument("--offline-dir", default=None, help="the offline RLDS dataset (default: the config's)")
     ap.add_argument("--tasks", default=None, help="comma-separated tasks (default: the config's four)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    help="a config override key.path=value (repeatable), e.g. agent.divl.tau_base_online=0.6")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     variant = "smoke" if args.smoke else ""
@@ -93,11 +118,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         base.data.offline_dir = args.offline_dir
     if args.tasks:
         base.tasks = args.tasks
+    apply_overrides(base, args.overrides)
     tasks = check_config(base)
     data = load_data(base, tasks)
     for seed in seeds:
         cfg = get_config(variant)
         cfg.data.offline_dir, cfg.tasks = base.data.offline_dir, base.tasks
+        apply_overrides(cfg, args.overrides)
         cfg.seed, cfg.workdir = seed, os.path.join(args.root, f"seed{seed}")
         if os.path.exists(os.path.join(cfg.workdir, "results.json")):
             continue

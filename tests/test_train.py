@@ -146,8 +146,11 @@ def test_flywheel_study_end_to_end(smoke_dataset, tmp_path):
     from experiments import flywheel
 
     data_cfg, _ = smoke_dataset
+    with pytest.raises(ValueError, match="no field 'agent.divl.tau_base_onlin'"):
+        flywheel.apply_overrides(flywheel.get_config("smoke"), ["agent.divl.tau_base_onlin=0.6"])
     agg = flywheel.main(["--smoke", "--seeds", "0", "--tasks", data_cfg.tasks, "--offline-dir", data_cfg.out_dir,
-                         "--root", str(tmp_path / "runs"), "--results", str(tmp_path / "results")])
+                         "--root", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
+                         "--set", "agent.divl.tau_base_online=0.7"])
     n = len(data_cfg.tasks.split(","))  # one evaluation episode per task at smoke size
     assert all(agg["pooled"][s]["episodes"] == n for s in flywheel.STAGES)
     assert agg["paired"]["online vs offline (pooled)"]["n"] == n
@@ -156,3 +159,4 @@ def test_flywheel_study_end_to_end(smoke_dataset, tmp_path):
         online = [json.loads(line) for line in f if '"online/' in line]
     assert online and all("online/am_loss" not in r for r in online)  # best-of-N trains no actor
     assert {"online/tau_base", "online/tau_next_p90"} <= set(online[-1])
+    assert online[-1]["online/tau_base"] == pytest.approx(0.7)  # the --set override reached the run (ramp of 2)
