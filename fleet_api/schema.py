@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -27,6 +28,24 @@ STATE_DIM = 64  # task state, zero-padded to this size for every task; `state_ma
 PROPRIO_DIM = 20  # arm/gripper proprioception, the same layout for every task (lwd_jax/sim/env.py).
 IMAGE_SHAPE = (64, 64, 3)  # optional camera image (only when rendering is available).
 ACTION_LOW, ACTION_HIGH = -1.0, 1.0
+# Episode ids of fleet uploads are uuid4 hex (what `Episode` mints): the idempotency key of an upload and a
+# file name on both sides, so the wire accepts nothing else (offline datasets keep their own ids).
+EPISODE_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
+# |reward| above this is a recorder bug, not a reward (finite is not enough: 3e38 would poison the critic).
+# The learner may pass its own bound (FleetServicer(max_abs_reward=...)).
+DEFAULT_MAX_ABS_REWARD = 1e3
+MAX_SUBGOALS = 1_000
+# Per-field (dtype, row shape) of the wire and of RLDS: what a header may declare, checked before any payload.
+FIELD_LAYOUT: dict[str, tuple[str, tuple[int, ...]]] = {
+    "action": ("<f4", (ACTION_DIM,)),
+    "reward": ("<f4", ()),
+    "intervention": ("|b1", ()),
+    "subgoals": ("<i4", ()),
+    "observation/state": ("<f4", (STATE_DIM,)),
+    "observation/state_mask": ("|b1", (STATE_DIM,)),
+    "observation/proprio": ("<f4", (PROPRIO_DIM,)),
+    "observation/image": ("|u1", IMAGE_SHAPE),
+}
 
 
 class Source(str, enum.Enum):
@@ -122,12 +141,13 @@ def validate_episode(
     *,
     known_tasks: Mapping[str, Any] | None = None,
     max_steps: int | None = None,
+    max_abs_reward: float = DEFAULT_MAX_ABS_REWARD,
     where: str = "episode",
 ) -> Episode:
     """Checks every field of `ep` against the schema; returns it unchanged or raises SchemaError.
 
     `known_tasks` (a task registry) rejects unknown task names; `max_steps` bounds the length, so a
-    runaway recorder cannot fill the learner's disk with one episode.
+    runaway recorder cannot fill the learner's disk with one episode; `max_abs_reward` bounds rewards.
     """
     where = f"{where} {ep.episode_id} (task {ep.task!r})"
     if known_tasks is not None and ep.task not in known_tasks:
@@ -145,6 +165,13 @@ def validate_episode(
     _check_array(where, "reward", ep.reward, (t,), np.float32)
     _check_array(where, "intervention", ep.intervention, (t,), np.bool_)
     _check_array(where, "subgoals", ep.subgoals, (t + 1,), np.int32)
+    if np.abs(ep.reward).max() > max_abs_reward:
+        raise SchemaError(f"{where}: field 'reward' expected |r| <= {max_abs_reward:g}, got {np.abs(ep.reward).max():.3g}")
+    if not isinstance(ep.num_subgoals, int | np.integer) or not 0 <= int(ep.num_subgoals) <= MAX_SUBGOALS:
+        raise SchemaError(f"{where}: field 'num_subgoals' expected an int in [0, {MAX_SUBGOALS}], got {ep.num_subgoals!r}")
+    if ep.subgoals.min() < 0 or ep.subgoals.max() > int(ep.num_subgoals):
+        raise SchemaError(f"{where}: field 'subgoals' expected counts in [0, num_subgoals={ep.num_subgoals}], "
+                          f"got [{ep.subgoals.min()}, {ep.subgoals.max()}]")
     obs = ep.observation
     if not isinstance(obs, dict):
         raise SchemaError(f"{where}: field 'observation' must be a dict, got {type(obs).__name__}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from fleet_api.protos import fleet_pb2
-from fleet_api.schema import Episode, SchemaError, assemble_episode
+from fleet_api.schema import EPISODE_ID_PATTERN, FIELD_LAYOUT, Episode, SchemaError, assemble_episode
 
 # Version of the episode layout carried in `EpisodeHeader.schema_version`; bump on breaking changes.
 WIRE_SCHEMA_VERSION = 1
@@ -146,11 +147,28 @@ def to_wire_array(field: str, value: Any) -> np.ndarray:
 # ------------------------------------------------------------------------------------ Episode -> messages
 
 
+def _digest(meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> str:
+    h = hashlib.sha256(json.dumps(dict(meta), sort_keys=True).encode("utf-8"))
+    for name in sorted(arrays):
+        a = to_wire_array(name, arrays[name])
+        h.update(f"\0{name}\0{a.dtype.str}\0{list(a.shape)}\0".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def episode_digest(ep: Episode) -> str:
+    """sha256 hex of an episode's whole content (metadata and every array, canonical little-endian bytes):
+    what makes "the same episode id" mean "the same episode". Survives the RLDS round trip, so a restarted
+    learner recomputes the digests of what it stored."""
+    return _digest(episode_metadata(ep), episode_arrays(ep))
+
+
 def episode_header(ep: Episode, arrays: Mapping[str, np.ndarray]) -> fleet_pb2.EpisodeHeader:
     """Header of an upload: metadata plus dtype/row shape/length of each (already wire-converted) array."""
     meta = episode_metadata(ep)
     return fleet_pb2.EpisodeHeader(
         schema_version=WIRE_SCHEMA_VERSION,
+        content_sha256=_digest(meta, arrays),
         num_steps=int(ep.action.shape[0]) if getattr(ep.action, "ndim", 0) >= 1 else 0,
         fields=[
             fleet_pb2.FieldSpec(name=n, dtype=a.dtype.str, row_shape=list(a.shape[1:]), length=int(a.shape[0]))
@@ -215,9 +233,9 @@ def check_header(
     """Checks an EpisodeHeader before any payload is read; returns the declared fields. Raises WireError."""
     if header.schema_version != WIRE_SCHEMA_VERSION:
         raise WireError("schema_version", f"expected {WIRE_SCHEMA_VERSION}, got {header.schema_version}")
-    for name in ("episode_id", "robot_id"):
-        if not ID_PATTERN.fullmatch(getattr(header, name)):
-            raise WireError(name, f"expected {ID_PATTERN.pattern}, got {getattr(header, name)!r}")
+    for name, pattern in (("episode_id", EPISODE_ID_PATTERN), ("robot_id", ID_PATTERN)):
+        if not pattern.fullmatch(getattr(header, name)):
+            raise WireError(name, f"expected {pattern.pattern}, got {getattr(header, name)[:200]!r}")
     _check_text("task", header.task, MAX_TASK_CHARS)
     _check_text("language_instruction", header.language_instruction, MAX_INSTRUCTION_CHARS)
     t = header.num_steps
@@ -238,8 +256,14 @@ def check_header(
         row_shape = tuple(int(d) for d in spec.row_shape)
         if len(row_shape) > MAX_ROW_RANK or any(d < 0 for d in row_shape):
             raise WireError(name, f"has an invalid row shape {list(row_shape)}")
-        if spec.length not in (t, t + 1):
-            raise WireError(name, f"declares {spec.length} rows; expected T={t} or T+1={t + 1}")
+        want_dtype, want_shape = FIELD_LAYOUT[name]
+        if spec.dtype != want_dtype or row_shape != want_shape:
+            # Checked here, before any payload: declared sizes are then bounded by the schema and max_steps.
+            raise WireError(name, f"declares dtype {spec.dtype!r} rows {list(row_shape)}; the schema has "
+                                  f"{want_dtype!r} rows {list(want_shape)}")
+        want_len = t if name in TOP_LEVEL_FIELDS and name != "subgoals" else t + 1
+        if spec.length != want_len:
+            raise WireError(name, f"declares {spec.length} rows; expected {want_len} (T={t})")
         dtype = np.dtype(spec.dtype)
         total_bytes += spec.length * math.prod(row_shape) * dtype.itemsize
         fields[name] = _Field(dtype, row_shape, int(spec.length))
@@ -251,6 +275,11 @@ def check_header(
     if total_bytes > max_episode_bytes:
         raise WireError("num_steps", f"episode would take {total_bytes} bytes; at most {max_episode_bytes} accepted")
     return fields
+
+
+def declared_bytes(fields: Mapping[str, _Field]) -> int:
+    """Bytes the payload of a checked header will take once assembled."""
+    return sum(f.length * math.prod(f.row_shape) * f.dtype.itemsize for f in fields.values())
 
 
 class EpisodeAssembler:
@@ -268,6 +297,7 @@ class EpisodeAssembler:
             for k in ("episode_id", "robot_id", "task", "language_instruction", "source", "policy_version",
                       "success", "terminal", "num_subgoals")
         }
+        self.nbytes = declared_bytes(self.fields)
         self._arrays = {n: np.empty((f.length, *f.row_shape), f.dtype) for n, f in self.fields.items()}
         self._total_steps = header.num_steps + 1
         self._next_seq = 0
@@ -323,7 +353,14 @@ class EpisodeAssembler:
                 f"header declares T={self.header.num_steps} ({self._total_steps} steps) but the stream carried "
                 f"{self._next_step} steps in {self._next_seq} chunks (a chunk is missing)",
             )
-        return episode_from_parts(self.meta, self._arrays)
+        ep = episode_from_parts(self.meta, self._arrays)
+        declared = self.header.content_sha256
+        if declared:
+            got = episode_digest(ep)
+            if got != declared:
+                raise WireError("content_sha256", f"the stream's content hashes to {got}, the header declared "
+                                                  f"{declared} (corrupted in transit, or a sender bug)")
+        return ep
 
 
 # ------------------------------------------------------------------------------------ params <-> messages

@@ -4,7 +4,8 @@ Why it retries the way it does: a robot outlives learner restarts and network bl
 (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED, RESOURCE_EXHAUSTED, CANCELLED) are retried with exponential backoff and
 jitter (so a fleet does not reconnect in lock-step). Uploads are safe to retry because episode ids are
 idempotency keys on the learner. Permanent failures are not retried; they raise a typed error:
-`EpisodeRejected` (INVALID_ARGUMENT, with the field the learner named), `AuthenticationFailed`,
+`EpisodeRejected` (INVALID_ARGUMENT, FAILED_PRECONDITION or ALREADY_EXISTS, with the field the learner
+named), `AuthenticationFailed`,
 `PolicyNotPublished`, `ParamsIntegrityError` (checksum), or `LearnerUnavailable` once retries run out.
 Every call carries a deadline; the channel has explicit message limits and keepalive.
 """
@@ -49,6 +50,10 @@ RETRYABLE_CODES = frozenset(
      grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}
 )
 AUTH_CODES = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
+# Refusals of this content that no retry can change (the learner decides by cause; see EpisodeRejected).
+PERMANENT_CODES = frozenset(
+    {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS}
+)
 
 __all__ = [
     "AuthenticationFailed", "ClientConfig", "ClientTLS", "DrainReport", "EpisodeRejected", "FleetError",
@@ -68,10 +73,13 @@ class FleetError(Exception):
 
 
 class EpisodeRejected(FleetError):
-    """The learner refused an episode (INVALID_ARGUMENT); `field` names what was wrong. Never retried."""
+    """The learner refused an episode for good: INVALID_ARGUMENT (bad content), FAILED_PRECONDITION (its store
+    can never take it), ALREADY_EXISTS (the id was acknowledged with other content). `field` names what was
+    wrong. Never retried: the daemon moves it to the spool's rejected/ folder and sends the rest."""
 
-    def __init__(self, message: str, field: str, episode_id: str):
-        super().__init__(message, grpc.StatusCode.INVALID_ARGUMENT)
+    def __init__(self, message: str, field: str, episode_id: str,
+                 code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT):
+        super().__init__(message, code)
         self.field, self.episode_id = field, episode_id
 
 
@@ -224,10 +232,10 @@ class LearnerClient:
     def _typed_error(self, err: grpc.RpcError, what: str, attempts: int, episode_id: str = "") -> FleetError:
         code, details = err.code(), err.details() or ""
         msg = f"{what} failed after {attempts} attempt(s): {code.name}: {details}"
-        if code == grpc.StatusCode.INVALID_ARGUMENT:
+        if code in PERMANENT_CODES:
             trailing = dict(err.trailing_metadata() or ()) if hasattr(err, "trailing_metadata") else {}
             field = trailing.get(METADATA_ERROR_FIELD) or field_of(details) or ""
-            return EpisodeRejected(msg, field=field, episode_id=episode_id)
+            return EpisodeRejected(msg, field=field, episode_id=episode_id, code=code)
         if code in AUTH_CODES:
             return AuthenticationFailed(msg, code)
         if code == grpc.StatusCode.NOT_FOUND:

@@ -62,6 +62,7 @@ from robot_bridge.spool import Spool
 log = logging.getLogger("robot_bridge.daemon")
 
 EXIT_OK, EXIT_CONFIG, EXIT_AUTH, EXIT_NO_POLICY = 0, 2, 3, 4
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 class CredentialsMissing(RuntimeError):
@@ -91,6 +92,7 @@ class DaemonConfig:
     tls_cert: str = ""  # robot's certificate and key: enables mTLS
     tls_key: str = ""
     tls_target_name: str = ""  # when the learner's certificate names another host
+    insecure: bool = False  # allow plaintext to a learner that is not on loopback (tokens in the clear)
     upload_timeout_s: float = 60.0
     log_level: str = "INFO"
 
@@ -109,6 +111,11 @@ class DaemonConfig:
             raise ValueError("fields 'tls_cert' and 'tls_key': set both (mTLS) or neither")
         if self.tls_cert and not self.tls_root_ca:
             raise ValueError("field 'tls_root_ca': required when 'tls_cert' is set")
+        host = self.learner.rsplit(":", 1)[0].strip("[]")
+        if not self.tls_root_ca and not self.insecure and host not in LOOPBACK_HOSTS:
+            raise ValueError(f"field 'tls_root_ca': required for a learner off this machine ({self.learner!r}): "
+                             "without TLS the robot's token crosses the network in the clear (set insecure = true "
+                             "to accept that, e.g. on an isolated network)")
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **overrides: Any) -> DaemonConfig:

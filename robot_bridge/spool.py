@@ -8,7 +8,7 @@ Layout under `root/`:
   pending/<created_ns:020d>-<episode_id>.npz   one episode per file, oldest first by name
   tmp/                                          in-progress writes (never read)
   quarantine/                                   unreadable files moved aside, with a .reason.txt beside
-  rejected/                                     episodes the learner refused (INVALID_ARGUMENT), with reason
+  rejected/                                     episodes the learner refused for good (dead letters), with reason
 
 A file is an uncompressed .npz holding the flat arrays of `wire.episode_arrays` plus the JSON metadata as a
 uint8 array under "__meta__"; it is read with `allow_pickle=False`, so no pickle is ever involved.

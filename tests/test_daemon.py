@@ -50,6 +50,10 @@ def test_config_errors_name_the_key(tmp_path):
         _cfg(tasks=[])
     with pytest.raises(ValueError, match="tls_key"):
         _cfg(tls_cert="c.pem")
+    with pytest.raises(ValueError, match="tls_root_ca.*in the clear"):  # plaintext off this machine: refused
+        _cfg(learner="learner.example.org:50051")
+    assert _cfg(learner="learner.example.org:50051", insecure=True).insecure  # unless said so
+    assert _cfg(learner="[::1]:50051").learner == "[::1]:50051"
     with pytest.raises(ValueError, match=r"missing key\(s\) \['learner'\]"):
         DaemonConfig.from_dict({"robot_id": "r", "state_dir": "d", "tasks": ["cube_pick_place"]})
     bad = tmp_path / "r.toml"

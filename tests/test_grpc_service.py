@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fleet_api.protos import FLEET_SERVICE_NAME, fleet_pb2_grpc
 from fleet_api.schema import ACTION_DIM, IMAGE_SHAPE, PROPRIO_DIM, STATE_DIM, Episode
-from fleet_api.wire import episode_to_messages, fleet_status_to_dict
+from fleet_api.wire import episode_digest, episode_to_messages, fleet_status_to_dict
 from lwd_jax.learner.auth import TokenAuth, add_robot, load_token_hashes
 from lwd_jax.learner.service import FleetServicer, PolicyStore, ServerTLS, serve
 from robot_bridge.client import (
@@ -115,9 +115,10 @@ class Store:
         with self._lock:
             self.accepted.append(ep.episode_id)
 
-    def ids(self) -> set[str]:
+    def ids(self) -> dict[str, str]:
+        """What a restarted learner knows: stored ids with their content digests (as FleetStore.rebuild)."""
         with self._lock:
-            return set(self.episodes)
+            return {i: episode_digest(ep) for i, ep in self.episodes.items()}
 
 
 def start_learner(store: Store, *, port: int = 0, tls: ServerTLS | None = None, policy: PolicyStore | None = None,
@@ -572,3 +573,117 @@ def test_stubs_rebuild_in_a_process_that_already_loaded_tensorflow():
                           env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().endswith("lwd.fleet.v1.Fleet")
+
+
+# ------------------------------------------------------------------------------------------- refusals by cause
+
+
+def _without_hash(ep: Episode):
+    """The upload an older client sends: no content_sha256 in the header."""
+    def messages():
+        for i, m in enumerate(episode_to_messages(ep)):
+            if i == 0:
+                m.header.content_sha256 = ""
+            yield m
+    return messages
+
+
+def test_same_id_with_other_content_is_already_exists_never_a_silent_duplicate(learner, store):
+    ep = make_episode(60)
+    other = dataclasses.replace(ep, reward=ep.reward + 1.0)  # same episode_id, other content
+    with connect(learner, config=dataclasses.replace(FAST, max_attempts=1)) as client:
+        client.upload_episode(ep)
+        assert client.upload_episode(ep).duplicate
+        with pytest.raises(EpisodeRejected) as e:
+            client.upload_episode(other)
+        assert e.value.code == grpc.StatusCode.ALREADY_EXISTS and e.value.field == "episode_id"
+        assert episode_digest(ep) in str(e.value) and episode_digest(other) in str(e.value)
+        # an older client (no declared hash): the payload is read and compared, never stored twice
+        assert client.upload_messages(_without_hash(ep), ep.episode_id).duplicate
+        with pytest.raises(EpisodeRejected, match="ALREADY_EXISTS"):
+            client.upload_messages(_without_hash(other), ep.episode_id)
+    assert store.writes == {ep.episode_id: 1}
+    assert_same(store.episodes[ep.episode_id], ep)
+
+
+def test_a_stream_that_does_not_match_its_declared_hash_is_refused(learner, store):
+    ep = make_episode(40)
+
+    def tampered():
+        for i, m in enumerate(episode_to_messages(ep)):
+            if i == 1:
+                t = m.chunk.tensors[0]
+                t.data = bytes([t.data[0] ^ 1]) + t.data[1:]
+            yield m
+
+    with connect(learner) as client, pytest.raises(EpisodeRejected) as e:
+        client.upload_messages(tampered, ep.episode_id)
+    assert e.value.field == "content_sha256" and store.writes == {}
+
+
+def test_an_episode_the_store_can_never_take_goes_to_dead_letters_and_the_spool_moves_on(tmp_path):
+    """The store was created without images; an image episode can never go in. It is refused for good
+    (FAILED_PRECONDITION), the robot moves it to rejected/ with the reason, and the episodes behind it land."""
+    from lwd_jax.data.rlds_writer import RLDSWriter
+
+    writer = RLDSWriter(tmp_path / "rlds", with_image=False, durable=False)
+    servicer = FleetServicer(persist=writer.append, known_tasks=TASKS, max_steps=MAX_STEPS,
+                             auth=TokenAuth.from_plain_tokens(TOKENS))
+    srv = serve(servicer, host="127.0.0.1", port=0)
+    spool = Spool(tmp_path / "spool")
+    poisoned, good = make_episode(30, image=True, seed=1), make_episode(30, seed=2)
+    spool.put(poisoned)
+    spool.put(good)
+    try:
+        with connect(srv) as client:
+            report = client.drain_spool(spool)
+        assert report.uploaded == 1 and [r[0] for r in report.rejected] == [poisoned.episode_id]
+        assert "observation/image" in report.rejected[0][1] + report.rejected[0][2]
+        assert len(spool) == 0 and servicer.acked_ids() == {good.episode_id}
+        reasons = list((tmp_path / "spool" / "rejected").glob("*"))
+        assert any(poisoned.episode_id in p.name for p in reasons)
+    finally:
+        srv.stop(grace=0)
+        writer.close()
+
+
+def test_values_the_schema_implies_are_bounded(learner, store):
+    bad = {
+        "reward": dataclasses.replace(make_episode(20, seed=1), reward=np.full(20, 3e38, np.float32)),
+        "subgoals": dataclasses.replace(make_episode(20, seed=2), subgoals=np.full(21, 1000, np.int32)),
+        "episode_id": dataclasses.replace(make_episode(20, seed=3), episode_id="not-a-uuid"),
+    }
+    with connect(learner) as client:
+        for field, ep in bad.items():
+            with pytest.raises(EpisodeRejected) as e:
+                client.upload_episode(ep)
+            assert e.value.field == field, (field, str(e.value))
+    assert store.writes == {}
+
+
+def test_in_flight_bytes_and_streams_per_robot_are_bounded(store):
+    ep = make_episode(100)
+    one_try = dataclasses.replace(FAST, max_attempts=1)
+    tight = FleetServicer(persist=store.persist, known_tasks=TASKS, max_steps=MAX_STEPS,
+                          auth=TokenAuth.from_plain_tokens(TOKENS), max_inflight_bytes=1000)
+    srv = serve(tight, host="127.0.0.1", port=0)
+    try:
+        with connect(srv, config=one_try) as client, pytest.raises(LearnerUnavailable, match="max_inflight_bytes"):
+            client.upload_episode(ep)  # declares more than the whole budget: refused before any payload
+    finally:
+        srv.stop(grace=0)
+    store.delay_s = 0.5  # the first upload holds its stream slot while it persists
+    one_stream = FleetServicer(persist=store.persist, known_tasks=TASKS, max_steps=MAX_STEPS,
+                               auth=TokenAuth.from_plain_tokens(TOKENS), max_streams_per_robot=1)
+    srv = serve(one_stream, host="127.0.0.1", port=0)
+    try:
+        with connect(srv, config=one_try) as client, futures.ThreadPoolExecutor(2) as pool:
+            first = pool.submit(client.upload_episode, ep)
+            time.sleep(0.2)
+            with pytest.raises(LearnerUnavailable, match="max_streams_per_robot"):
+                client.upload_episode(make_episode(100, seed=9))
+            assert first.result().duplicate is False
+        with connect(srv, config=one_try) as client:  # the slot is free again
+            assert client.upload_episode(make_episode(100, seed=9)).duplicate is False
+    finally:
+        srv.stop(grace=0)

@@ -170,7 +170,7 @@ def test_spool_survives_sigkill_mid_writing(tmp_path):
         i = 0
         while True:
             ep = make_episode(T=400, seed=i)
-            ep.episode_id = f"ep-{{i:05d}}"
+            ep.episode_id = f"{{i:032x}}"
             spool.put(ep)
             i += 1
         """
@@ -189,6 +189,6 @@ def test_spool_survives_sigkill_mid_writing(tmp_path):
     assert len(loaded) == len(entries)  # nothing in pending/ was partial
     for i, (_, ep) in enumerate(loaded):
         want = make_episode(T=400, seed=i)
-        want.episode_id = f"ep-{i:05d}"
+        want.episode_id = f"{i:032x}"
         assert same(ep, want)
     assert list((tmp_path / TMP).iterdir()) == []  # the dead writer's partial file was moved aside

@@ -131,6 +131,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.online.tls_target_name = ""  # the name the embedded robots expect in tls_cert ("" : localhost)
     c.online.until_stopped = False  # the online stage runs until SIGTERM/SIGINT (online_steps is then no limit)
     c.online.duration_s = 0.0  # wall-clock budget of the online stage in seconds (0: none)
+    # Ingest bounds (lwd_jax/learner/service.py): payload bytes of all open uploads, open uploads per robot
+    # (beyond either: RESOURCE_EXHAUSTED, the robot retries), and |reward| (beyond: refused for good).
+    c.online.max_inflight_mb = 1024
+    c.online.max_streams_per_robot = 2
+    c.online.max_abs_reward = 1e3
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 10_000

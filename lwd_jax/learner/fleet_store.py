@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from fleet_api.schema import Episode
+from fleet_api.wire import episode_digest
 from lwd_jax.data.batching import InstructionTable, buffer_columns
 from lwd_jax.data.replay import Batch, TransitionBuffer, mixed_batch
 from lwd_jax.data.rlds_reader import RLDSReader
@@ -115,15 +116,16 @@ class FleetStore:
 
     # ---------------------------------------------------------------- restart
 
-    def rebuild(self) -> list[str]:
-        """Replays the fleet dataset on disk into the (empty) buffer; returns the stored episode ids."""
+    def rebuild(self) -> dict[str, str]:
+        """Replays the fleet dataset on disk into the (empty) buffer; returns {episode id: content digest} of
+        what is stored (the servicer's dedupe table: a re-upload of an id with other content is refused)."""
 
         if self.writer.num_episodes == 0:
-            return []
-        ids = []
+            return {}
+        ids = {}
         for ep in RLDSReader(self.rlds_dir).episodes():
             self.on_accept(ep)
-            ids.append(ep.episode_id)
+            ids[ep.episode_id] = episode_digest(ep)
         return ids
 
     def close(self) -> None:

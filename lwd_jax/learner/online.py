@@ -138,7 +138,8 @@ def run_online(
     servicer = FleetServicer(
         persist=store.persist, on_accept=store.on_accept, known_tasks=task_ids,
         max_steps=max(get_task(t).step_budget for t in tasks), params_provider=policies,
-        auth=auth, seen_episode_ids=seen,
+        auth=auth, seen_episode_ids=seen, max_inflight_bytes=int(oc.max_inflight_mb) << 20,
+        max_streams_per_robot=int(oc.max_streams_per_robot), max_abs_reward=float(oc.max_abs_reward),
     )
     tls = ServerTLS.from_files(oc.tls_cert, oc.tls_key, oc.tls_client_ca or None) if oc.tls_cert else None
     if tls is None and oc.host not in LOOPBACK_HOSTS:

@@ -36,7 +36,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fleet_api.protos import FLEET_SERVICE_NAME, fleet_pb2, fleet_pb2_grpc
-from fleet_api.schema import Episode, SchemaError, validate_episode
+from fleet_api.schema import DEFAULT_MAX_ABS_REWARD, Episode, SchemaError, validate_episode
 from fleet_api.wire import (
     DEFAULT_PARAMS_CHUNK_BYTES,
     ID_PATTERN,
@@ -46,6 +46,9 @@ from fleet_api.wire import (
     EpisodeAssembler,
     PolicyBlob,
     WireError,
+    check_header,
+    declared_bytes,
+    episode_digest,
     field_of,
     fleet_status_to_dict,
     params_to_messages,
@@ -56,6 +59,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 << 20  # 16x the largest chunk the bridge sends (1 MiB); bounds a bad sender
 DEFAULT_MAX_EPISODE_BYTES = 512 << 20  # ~40k steps with 64x64 images; larger means a runaway recorder
+# Payload bytes all open uploads may hold at once, and open uploads per robot: beyond either an upload is
+# answered RESOURCE_EXHAUSTED (the robot backs off and retries), so no sender can make the learner buffer
+# more than this however many streams it opens (measured before: 4 streams took RSS 918 -> 2922 MB).
+DEFAULT_MAX_INFLIGHT_BYTES = 1 << 30
+DEFAULT_MAX_STREAMS_PER_ROBOT = 2
 DEFAULT_MAX_WORKERS = 32  # handler threads: uploads + open WatchPolicy streams of a ~16-robot fleet
 DEFAULT_WATCH_POLL_S = 0.25  # how quickly WatchPolicy notices a new version
 DEFAULT_WATCH_MAX_S = 300.0  # a WatchPolicy stream ends after this, so it never pins a thread forever
@@ -160,8 +168,11 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         max_steps: int | None = None,
         params_provider: ParamsProvider | None = None,
         auth: TokenAuth | None = None,
-        seen_episode_ids: Iterable[str] | Callable[[], Iterable[str]] = (),
+        seen_episode_ids: Iterable[str] | Mapping[str, str | None] | Callable[[], Any] = (),
         max_episode_bytes: int = DEFAULT_MAX_EPISODE_BYTES,
+        max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
+        max_streams_per_robot: int = DEFAULT_MAX_STREAMS_PER_ROBOT,
+        max_abs_reward: float = DEFAULT_MAX_ABS_REWARD,
         params_format: str = PARAMS_FORMAT_MSGPACK,
         params_chunk_bytes: int = DEFAULT_PARAMS_CHUNK_BYTES,
         watch_poll_s: float = DEFAULT_WATCH_POLL_S,
@@ -187,8 +198,15 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             threading.Lock() if serialize_callbacks else contextlib.nullcontext()
         )
         self._lock = threading.Condition()
-        self._acked: set[str] = set(seen_episode_ids() if callable(seen_episode_ids) else seen_episode_ids)
+        seen = seen_episode_ids() if callable(seen_episode_ids) else seen_episode_ids
+        # episode id -> content digest (None: stored before digests, or handed in as bare ids)
+        self._acked: dict[str, str | None] = dict(seen) if isinstance(seen, Mapping) else dict.fromkeys(seen)
         self._in_flight: set[str] = set()
+        self._max_inflight_bytes = max_inflight_bytes
+        self._max_streams_per_robot = max_streams_per_robot
+        self._max_abs_reward = max_abs_reward
+        self._inflight_bytes = 0
+        self._streams: collections.Counter[str] = collections.Counter()
         self._persisting = 0
         self._closing = threading.Event()
         self._episodes_accepted = 0
@@ -207,6 +225,32 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     def acked_ids(self) -> frozenset[str]:
         with self._lock:
             return frozenset(self._acked)
+
+    def _reserve(self, robot: str, nbytes: int) -> None:
+        """Takes `nbytes` of the in-flight budget and one of `robot`'s stream slots, or raises RESOURCE_EXHAUSTED."""
+        with self._lock:
+            if self._streams[robot] >= self._max_streams_per_robot:
+                raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED, "",
+                              f"robot {robot!r} already has {self._streams[robot]} uploads open "
+                              f"(max_streams_per_robot={self._max_streams_per_robot}); retry later")
+            if self._inflight_bytes + nbytes > self._max_inflight_bytes:
+                raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED, "",
+                              f"the learner holds {self._inflight_bytes} bytes of open uploads; this one declares "
+                              f"{nbytes} (max_inflight_bytes={self._max_inflight_bytes}); retry later")
+            self._streams[robot] += 1
+            self._inflight_bytes += nbytes
+
+    def _unreserve(self, robot: str, nbytes: int) -> None:
+        with self._lock:
+            self._streams[robot] -= 1
+            if self._streams[robot] <= 0:
+                del self._streams[robot]
+            self._inflight_bytes -= nbytes
+
+    def _conflict(self, episode_id: str, stored: str | None, got: str) -> _Reject:
+        return _Reject(grpc.StatusCode.ALREADY_EXISTS, "episode_id",
+                       f"field 'episode_id' {episode_id} was acknowledged with content sha256 {stored}; this upload's "
+                       f"content is {got} (one id, two episodes: the new one is not stored)")
 
     def fleet_status(self, window: int = DEFAULT_STATUS_WINDOW) -> dict[str, Any]:
         """The learner's view of the fleet, as plain data for logs."""
@@ -260,7 +304,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     def _claim(self, episode_id: str) -> str:
         with self._lock:
             if episode_id in self._acked:
-                return "duplicate"
+                return "acked"
             if episode_id in self._in_flight:
                 return "busy"
             self._in_flight.add(episode_id)
@@ -270,8 +314,9 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         with self._lock:
             self._in_flight.discard(episode_id)
 
-    def _persist_then_accept(self, ep: Episode) -> None:
-        """persist -> mark acknowledged -> on_accept. Raises _Reject with a retryable code on failure."""
+    def _persist_then_accept(self, ep: Episode, digest: str) -> None:
+        """persist -> mark acknowledged (with the content digest) -> on_accept. Raises _Reject on failure:
+        UNAVAILABLE when a retry may succeed, FAILED_PRECONDITION when the store can never take the episode."""
         with self._lock:
             if self._closing.is_set():
                 raise _Reject(grpc.StatusCode.UNAVAILABLE, "", "learner is shutting down; retry later")
@@ -280,12 +325,18 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             with self._callback_lock:
                 try:
                     self._persist(ep)
+                except SchemaError as e:
+                    # Permanent: this store can never take this episode (e.g. images into a store made without
+                    # them). UNAVAILABLE here made robots retry it forever, blocking their spool behind it.
+                    log.error("episode %s from %s refused by the store: %s", ep.episode_id, ep.robot_id, e)
+                    raise _Reject(grpc.StatusCode.FAILED_PRECONDITION, getattr(e, "field", None) or field_of(str(e)) or "",
+                                  f"the learner's store cannot take this episode: {e}") from e
                 except Exception as e:
                     log.exception("persist failed for episode %s from %s", ep.episode_id, ep.robot_id)
                     raise _Reject(grpc.StatusCode.UNAVAILABLE, "", f"learner could not persist episode: {e}") from e
                 outcome = _Outcome(bool(ep.success), int(ep.num_steps), int(ep.intervention.sum()))
                 with self._lock:
-                    self._acked.add(ep.episode_id)
+                    self._acked[ep.episode_id] = digest
                     self._episodes_accepted += 1
                     robot = self._robots.setdefault(ep.robot_id, _RobotRecord())
                     robot.episodes_accepted += 1
@@ -320,25 +371,48 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             self._check_identity(robot, header.robot_id)
             if self._known_tasks is not None and header.task not in self._known_tasks:
                 raise WireError("task", f"names an unknown task {header.task!r}; known: {sorted(self._known_tasks)}")
-            assembler = EpisodeAssembler(header, max_steps=self._max_steps, max_episode_bytes=self._max_episode_bytes)
+            fields = check_header(header, max_steps=self._max_steps, max_episode_bytes=self._max_episode_bytes)
             claim = self._claim(episode_id)
-            if claim == "duplicate":
-                return self._reply(episode_id, duplicate=True)
-            if claim == "busy":
+            if claim == "acked":
+                with self._lock:
+                    stored = self._acked.get(episode_id)
+                declared = header.content_sha256
+                if declared and stored and declared != stored:
+                    raise self._conflict(episode_id, stored, declared)
+                if declared or not stored:  # the same content (or nothing stored to compare with)
+                    return self._reply(episode_id, duplicate=True)
+                # no declared hash (an older client): read the payload to compare, never store it again
+            elif claim == "busy":
                 raise _Reject(grpc.StatusCode.ABORTED, "episode_id",
                               f"field 'episode_id' {episode_id} is being uploaded on another stream; retry")
+            nbytes = declared_bytes(fields)
+            who = robot or header.robot_id
             try:
+                self._reserve(who, nbytes)
+            except _Reject:
+                if claim == "claimed":
+                    self._release(episode_id)
+                raise
+            try:
+                assembler = EpisodeAssembler(header, max_steps=self._max_steps, max_episode_bytes=self._max_episode_bytes)
                 for msg in request_iterator:
                     if msg.WhichOneof("kind") != "chunk":
                         raise WireError("header", "sent twice in one upload")
                     assembler.add_chunk(msg.chunk)
                 ep = validate_episode(
                     assembler.finish(), known_tasks=self._known_tasks, max_steps=self._max_steps,
-                    where=f"upload from robot {header.robot_id!r}, episode",
+                    max_abs_reward=self._max_abs_reward, where=f"upload from robot {header.robot_id!r}, episode",
                 )
-                self._persist_then_accept(ep)
+                digest = episode_digest(ep)
+                if claim == "acked":
+                    if digest != stored:
+                        raise self._conflict(episode_id, stored, digest)
+                    return self._reply(episode_id, duplicate=True)
+                self._persist_then_accept(ep, digest)
             finally:
-                self._release(episode_id)
+                self._unreserve(who, nbytes)
+                if claim == "claimed":
+                    self._release(episode_id)
             return self._reply(episode_id, duplicate=False)
         except SchemaError as e:
             field = getattr(e, "field", None) or field_of(str(e)) or ""
