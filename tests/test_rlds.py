@@ -4,6 +4,7 @@ and every bad-input case named (dataset, episode, field) with the good episodes 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -15,6 +16,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from fleet_api.schema import PROPRIO_DIM, SchemaError
+from fleet_api.wire import episode_digest
 from lwd_jax.data import rlds_format
 from lwd_jax.data.rlds_errors import RLDSReadError
 from lwd_jax.data.rlds_reader import RLDSReader, read_episodes
@@ -64,6 +66,18 @@ def test_round_trip_exact_with_image(tmp_path):
     got = read_episodes(tmp_path / "img")
     for want, have in zip(eps, got, strict=True):
         assert_episodes_equal(want, have)
+        # the content digest a restarted learner recomputes from its store is the one the robot declared
+        assert episode_digest(have) == episode_digest(want)
+
+
+def test_content_digest_survives_the_round_trip_and_sees_every_field(dataset, episodes):
+    got = read_episodes(dataset)
+    assert [episode_digest(e) for e in got] == [episode_digest(e) for e in episodes]
+    ep = episodes[0]
+    changed = [dataclasses.replace(ep, reward=ep.reward * 2 + 1), dataclasses.replace(ep, success=not ep.success),
+               dataclasses.replace(ep, language_instruction=ep.language_instruction + "!"),
+               dataclasses.replace(ep, observation={**ep.observation, "proprio": ep.observation["proprio"] + 1})]
+    assert len({episode_digest(e) for e in [ep, *changed]}) == 5
 
 
 def test_files_are_a_standard_tfds_rlds_dataset(dataset, episodes):
@@ -264,6 +278,70 @@ def test_third_party_dataset_through_a_key_map(third_party):
     tr = reader.load_transitions(chunk_len=2, n_chunks=1, gamma=0.5, task_ids={"cube-single": 0})
     assert len(tr["step"]) == sum(2 + i for i in range(THIRD_PARTY_EPISODES))
     assert tr["observation/image"].shape[1:] == (64, 64, 3) and set(tr["task_id"]) == {0}
+
+
+class FractalStyleRlds(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """An RT-1 "fractal"-style layout: nested action dict, the instruction inside the observation, no
+    `discount`, and the success reward on the *last* step (is_last and is_terminal), whose action is real."""
+
+    VERSION = tfds.core.Version("0.1.0")
+    url_infos = None  # no downloads, no checksums file (see ThirdPartyRlds)
+
+    def _info(self):
+        return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
+            "steps": tfds.features.Dataset({
+                "observation": {
+                    "base_pose_tool_reached": tfds.features.Tensor(shape=(7,), dtype=np.float32),
+                    "natural_language_instruction": tfds.features.Text(),
+                },
+                "action": {
+                    "world_vector": tfds.features.Tensor(shape=(3,), dtype=np.float32),
+                    "gripper_closedness_action": tfds.features.Tensor(shape=(1,), dtype=np.float32),
+                },
+                "reward": tfds.features.Scalar(dtype=np.float32),
+                "is_first": np.bool_,
+                "is_last": np.bool_,
+                "is_terminal": np.bool_,
+            }),
+        }))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        for i in range(3):
+            rows, success = 4 + i, i != 1
+            rng = np.random.default_rng(10 + i)
+            last = np.arange(rows) == rows - 1
+            yield f"ep{i}", {"steps": {
+                "observation": {"base_pose_tool_reached": rng.normal(size=(rows, 7)).astype(np.float32),
+                                "natural_language_instruction": ["pick coke can"] * rows},
+                "action": {"world_vector": rng.uniform(-1, 1, (rows, 3)).astype(np.float32),
+                           "gripper_closedness_action": rng.uniform(-1, 1, (rows, 1)).astype(np.float32)},
+                "reward": (last * success).astype(np.float32), "is_first": np.arange(rows) == 0,
+                "is_last": last, "is_terminal": last & success,
+            }}
+
+
+def test_fractal_style_success_reward_on_the_last_step_is_kept(tmp_path):
+    """Regression: the reader treated the last RLDS step as padding and every reward of this layout came out 0."""
+    builder = FractalStyleRlds(data_dir=str(tmp_path))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP))
+    key_map = {"state": "observation/base_pose_tool_reached", "proprio": None,
+               "action": ["action/world_vector", "action/gripper_closedness_action"],
+               "language_instruction": "steps/observation/natural_language_instruction"}
+    reader = RLDSReader(builder.data_dir, key_map=key_map, defaults={"task": "pick-coke"})
+    eps = sorted(reader.episodes(), key=lambda e: e.num_steps)
+    assert [e.num_steps for e in eps] == [3, 4, 5]  # rows - 1 transitions: the last step's action is dropped
+    for i, ep in enumerate(eps):
+        success = i != 1
+        assert ep.terminal == ep.success == success
+        want = np.zeros(ep.num_steps, np.float32)
+        want[-1] = float(success)  # the last step's reward lands on the final transition
+        np.testing.assert_array_equal(ep.reward, want)
+        assert ep.language_instruction == "pick coke can"
+    tr = reader.load_transitions(chunk_len=2, n_chunks=1, gamma=1.0, task_ids={"pick-coke": 0})
+    assert tr["reward"].max() == pytest.approx(1.0)  # the success reward reaches the chunk transitions (was 0)
 
 
 def test_key_map_concatenates_vector_sources(third_party):

@@ -20,6 +20,9 @@ Rules of a key map (our field -> source path, or None = fill in):
     terminal, num_subgoals 1, language_instruction = the task name; task has no fallback (give it).
   * A user key map overrides our own layout's map field by field; a field it does not name keeps our
     path if the source has it, else is filled in. `action` must map to a source key.
+  * The last RLDS step (is_last) holds the final observation. Its reward is added to the final transition
+    (RT-1 "fractal" puts the success reward there); its action is dropped (no observation follows it);
+    `terminal` is its is_terminal.
 Every resolution problem (unknown path, wrong kind, too wide) is raised before any record is read, as an
 RLDSReadError naming the dataset and the field.
 """
@@ -364,10 +367,20 @@ def canonical_episode(parsed: Mapping[str, Any], resolved: ResolvedMap, index: A
     episode_id = tf.strings.join([resolved.dataset_name, "/", tf.strings.as_string(index)])
     language = tf.constant(str(defaults["language_instruction"])) if "language_instruction" in defaults else task
     success = tf.constant(bool(defaults["success"])) if "success" in defaults else terminal
+    # RLDS puts a step's reward with its own step; on the last step (is_last) there is no next observation,
+    # so our T = rows - 1 transitions cannot hold it as a transition of its own. Rule: the last step's reward
+    # is added to the final transition (the one that reaches the last observation), so no reward is lost
+    # (RT-1 "fractal" puts the success reward there; our own layout stores 0 there, a no-op), and the last
+    # step's action is dropped (nothing follows it: a terminal step's action is never executed).
+    all_rewards = step("reward", lambda: tf.zeros([rows], tf.float32))
+    last_reward = tf.reduce_sum(all_rewards[-1:])  # 0 for an empty episode (refused by the checks anyway)
+    reward = all_rewards[:num_steps]
+    kept = tf.shape(reward)[0]  # < num_steps only for a malformed source, which the checks then name
+    reward = reward + tf.one_hot(kept - 1, kept, dtype=tf.float32) * last_reward
     episode = {
         "observation": observation,
         "action": step("action", lambda: None)[:num_steps],
-        "reward": step("reward", lambda: tf.zeros([rows], tf.float32))[:num_steps],
+        "reward": reward,
         "intervention": step("intervention", lambda: tf.zeros([rows], tf.bool))[:num_steps],
         "subgoals": subgoals,
         "terminal": terminal,
