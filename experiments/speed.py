@@ -40,7 +40,7 @@ from lwd_jax.learner.service import FleetServicer, PolicyStore, serve
 from lwd_jax.policy import encode_policy
 from robot_bridge.client import LearnerClient
 
-PARTS = ("matmul", "update", "update_gpu", "methods", "inference", "ingest", "push")
+PARTS = ("matmul", "update", "update_gpu", "methods", "inference", "ingest", "push", "store")
 
 
 def _timeit(fn: Callable[[], Any], repeats: int) -> float:
@@ -196,6 +196,42 @@ def bench_ingest(quick: bool) -> dict[str, Any]:
     return out
 
 
+def bench_store(appends: int, window: int, durable: bool) -> dict[str, Any]:
+    """The fleet store's append latency against its size (one episode per append, the fleet path), and the
+    time to re-read it all (a restart's rebuild). Goal: flat per-window latency (no growth with the store)."""
+    import resource
+    import shutil
+    import tempfile
+
+    from lwd_jax.data.rlds_reader import RLDSReader
+    from lwd_jax.data.rlds_writer import RLDSWriter
+
+    rng = np.random.default_rng(0)
+    eps = [ingest.synthetic_episode(int(rng.integers(20, 60)), rng, "robot-0") for _ in range(32)]
+    root = tempfile.mkdtemp(prefix="lwd-store-bench-")
+    times = []
+    rss0 = 0
+    try:
+        with RLDSWriter(os.path.join(root, "rlds"), durable=durable) as writer:
+            for i in range(appends):
+                t = time.perf_counter()
+                writer.append(eps[i % len(eps)])
+                times.append(time.perf_counter() - t)
+                if i == window - 1:  # after TensorFlow's import and the first window: growth is the store's
+                    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t = time.perf_counter()
+        reread = sum(1 for _ in RLDSReader(os.path.join(root, "rlds")).episodes())
+        reread_s = time.perf_counter() - t
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    by_window = [1e3 * float(np.mean(times[i:i + window])) for i in range(0, appends, window)]
+    return {"appends": appends, "durable": durable, "window": window, "ms_per_append_by_window": by_window,
+            "last_over_first_window": by_window[-1] / by_window[0],
+            "p99_ms_last_window": 1e3 * float(np.percentile(times[-window:], 99)),
+            "max_rss_growth_after_first_window_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024,
+            "reread_episodes": reread, "reread_s": reread_s}
+
+
 def bench_push(num_robots: int, repeats: int) -> dict[str, Any]:
     """Publish a default-size policy blob, then N robots fetch it concurrently (checksums verified)."""
 
@@ -269,6 +305,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         doc["ingest"] = bench_ingest(args.quick)
     if "push" in parts:
         doc["push"] = bench_push(4, repeats)
+    if "store" in parts:
+        doc["store"] = bench_store(200 if args.quick else 6000, 50 if args.quick else 500, durable=False)
     doc["machine"]["loadavg_end"] = os.getloadavg()[0]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

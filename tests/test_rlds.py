@@ -126,6 +126,45 @@ def test_append_over_time_and_crash_recovery(tmp_path, episodes):
     assert [e.episode_id for e in got] == [e.episode_id for e in episodes[:3]]
 
 
+def test_manifest_commits_between_info_rewrites_and_survives_a_kill(tmp_path, episodes):
+    """Appends cost O(1): a manifest line commits each shard, dataset_info.json is rewritten every
+    `info_every` appends. After a kill between rewrites, our reader and a reopened writer see every committed
+    shard, stock TFDS sees them once a writer reopened; a torn manifest line is cut off and its shard orphaned."""
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "fleet")
+    script = (
+        "import os, sys\n"
+        "from lwd_jax.data.rlds_writer import RLDSWriter\n"
+        "from tests.rlds_fixtures import make_episodes\n"
+        "w = RLDSWriter(sys.argv[1], info_every=4)\n"
+        "for ep in make_episodes(seed=0, count=6, max_steps=30): w.append(ep)\n"
+        "os._exit(0)  # like kill -9: no close(), so dataset_info.json lists only the first 4 shards\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-c", script, path], cwd=root, check=True, timeout=120,
+                   env={**os.environ, "PYTHONPATH": root})
+    assert tfds.builder_from_directory(path).info.splits["train"].num_examples == 4  # stale, as documented
+    assert [e.num_steps for e in read_episodes(path)] == [e.num_steps for e in episodes]  # all 6 committed
+    damaged = str(tmp_path / "damaged")
+    shutil.copytree(path, damaged)
+    os.remove(os.path.join(damaged, "lwd_episodes-train.tfrecord-00005"))  # committed by the manifest only
+    with pytest.raises(RuntimeError, match="commits shard 5"):
+        RLDSWriter(damaged)
+    shard6 = os.path.join(path, "lwd_episodes-train.tfrecord-00006")
+    shutil.copy(os.path.join(path, "lwd_episodes-train.tfrecord-00005"), shard6)
+    with open(os.path.join(path, "shards.manifest"), "ab") as f:
+        f.write(b"6 1")  # a crash mid-line: shard 6 was never committed
+    with RLDSWriter(path, info_every=4) as writer:
+        assert writer.num_episodes == 6 and os.path.exists(shard6 + ORPHAN_SUFFIX)
+        assert writer._shard_path(5).endswith("lwd_episodes-train.tfrecord-00005")  # the reader's naming
+        assert tfds.builder_from_directory(path).info.splits["train"].num_examples == 6  # listed on reopen
+        writer.append(episodes[0])
+    assert len(read_episodes(path)) == 7
+    assert tfds.builder_from_directory(path).info.splits["train"].num_examples == 7  # and on close
+
+
 def test_bad_episode_is_rejected_and_leaves_the_dataset_intact(dataset, episodes, tmp_path):
     path = _copy(dataset, tmp_path)
     before = {name: open(os.path.join(path, name), "rb").read() for name in os.listdir(path) if not name.startswith(".")}

@@ -41,6 +41,7 @@ from lwd_jax.data.rlds_keymap import (
     parse_features,
     resolve_key_map,
 )
+from lwd_jax.data.rlds_writer import MANIFEST_NAME, manifest_entries
 from lwd_jax.data.transitions import TASK_ID_UNKNOWN, check_chunk_args, chunk_transitions_tf
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,15 @@ class RLDSReader(RecordForensics):
         split_info = info.splits[split]
         self.shards = [os.fspath(p) for p in split_info.filepaths]
         self.shard_lengths = [int(n) for n in split_info.shard_lengths]
+        # Shards our writer committed since its last dataset_info.json rewrite (a running or killed learner).
+        entries, _ = manifest_entries(os.path.join(self.data_dir, MANIFEST_NAME))
+        template = rlds_format.SHARD_TEMPLATE.replace("{DATASET}", rlds_format.DATASET_NAME).replace(
+            "{SPLIT}", split).replace("{FILEFORMAT}", rlds_format.FILE_SUFFIX)
+        for index, records, _ in entries:
+            path = os.path.join(self.data_dir, template.replace("{SHARD_INDEX}", f"{index:05d}"))
+            if index == len(self.shards) and os.path.exists(path):
+                self.shards.append(path)
+                self.shard_lengths.append(records)
         self.offsets = [int(x) for x in np.concatenate([[0], np.cumsum(self.shard_lengths)])[:-1]]
         self.num_episodes = int(sum(self.shard_lengths))
         self.key_map = resolve_key_map(info.features, self.data_dir, info.name, key_map, defaults)
