@@ -34,6 +34,8 @@ from experiments.configs.benchmark import get_config as benchmark_config
 from experiments.configs.multitask import get_config
 from lwd_jax.agent import LWDAgent, policy_params
 from lwd_jax.data.normalize import compute_stats
+from lwd_jax.data.rlds_reader import RLDSReader
+from lwd_jax.data.rlds_writer import RLDSWriter
 from lwd_jax.fake import random_batches, random_obs
 from lwd_jax.learner.auth import TokenAuth
 from lwd_jax.learner.service import FleetServicer, PolicyStore, serve
@@ -202,9 +204,6 @@ def bench_store(appends: int, window: int, durable: bool) -> dict[str, Any]:
     import resource
     import shutil
     import tempfile
-
-    from lwd_jax.data.rlds_reader import RLDSReader
-    from lwd_jax.data.rlds_writer import RLDSWriter
 
     rng = np.random.default_rng(0)
     eps = [ingest.synthetic_episode(int(rng.integers(20, 60)), rng, "robot-0") for _ in range(32)]
