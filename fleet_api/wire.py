@@ -53,6 +53,8 @@ WIRE_DTYPES = frozenset(
 )
 MAX_ROW_RANK = 4  # rows are at most images [H, W, C] plus one spare axis
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")  # episode and robot ids also become file names
+# Addresses that never leave the machine: the only ones where plaintext (tokens in the clear) is acceptable.
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 MAX_TASK_CHARS = 256
 MAX_INSTRUCTION_CHARS = 4096
 _FIELD_IN_MESSAGE = re.compile(r"field '([^']+)'")
@@ -81,6 +83,11 @@ def field_of(message: str) -> str | None:
     """Extracts the field name from a `SchemaError`/`WireError` message ("... field 'x' ...")."""
     m = _FIELD_IN_MESSAGE.search(message)
     return m.group(1) if m else None
+
+
+def is_loopback(host: str) -> bool:
+    """True for a loopback host name or address ("[::1]" as written in host:port counts)."""
+    return host.strip("[]") in LOOPBACK_HOSTS
 
 
 def client_metadata(robot_id: str, token: str | None) -> tuple[tuple[str, str], ...]:

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from fleet_api import schema
-from fleet_api.wire import ID_PATTERN
+from fleet_api.wire import ID_PATTERN, is_loopback
 from lwd_jax.policy import Policy
 from robot_bridge.client import (
     AuthenticationFailed,
@@ -62,7 +62,6 @@ from robot_bridge.spool import Spool
 log = logging.getLogger("robot_bridge.daemon")
 
 EXIT_OK, EXIT_CONFIG, EXIT_AUTH, EXIT_NO_POLICY = 0, 2, 3, 4
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 class CredentialsMissing(RuntimeError):
@@ -111,8 +110,7 @@ class DaemonConfig:
             raise ValueError("fields 'tls_cert' and 'tls_key': set both (mTLS) or neither")
         if self.tls_cert and not self.tls_root_ca:
             raise ValueError("field 'tls_root_ca': required when 'tls_cert' is set")
-        host = self.learner.rsplit(":", 1)[0].strip("[]")
-        if not self.tls_root_ca and not self.insecure and host not in LOOPBACK_HOSTS:
+        if not self.tls_root_ca and not self.insecure and not is_loopback(self.learner.rsplit(":", 1)[0]):
             raise ValueError(f"field 'tls_root_ca': required for a learner off this machine ({self.learner!r}): "
                              "without TLS the robot's token crosses the network in the clear (set insecure = true "
                              "to accept that, e.g. on an isolated network)")

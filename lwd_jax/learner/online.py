@@ -32,6 +32,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from fleet_api.wire import is_loopback
 from lwd_jax.agent import LWDAgent, policy_params
 from lwd_jax.data import batching
 from lwd_jax.data.normalize import NormStats
@@ -51,7 +52,6 @@ class FleetFailed(RuntimeError):
     """Every robot of the embedded fleet exited with an error; the message points at their logs."""
 
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 DEFAULT_TLS_TARGET = "localhost"  # the name embedded robots check in the learner's certificate
 
 
@@ -142,7 +142,7 @@ def run_online(
         max_streams_per_robot=int(oc.max_streams_per_robot), max_abs_reward=float(oc.max_abs_reward),
     )
     tls = ServerTLS.from_files(oc.tls_cert, oc.tls_key, oc.tls_client_ca or None) if oc.tls_cert else None
-    if tls is None and oc.host not in LOOPBACK_HOSTS:
+    if tls is None and not is_loopback(oc.host):
         print(f"online: WARNING: serving on {oc.host} without TLS: robots' tokens cross the network in the clear "
               "(set online.tls_cert and online.tls_key)", flush=True)
     server = serve(servicer, port=oc.port, host=oc.host, tls=tls)
