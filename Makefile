@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 EXP ?= multitask
 TRAIN_ARGS ?=
 
-.PHONY: install data test lint clean bench train eval benchmark flywheel serve
+.PHONY: install data test lint clean bench train eval benchmark flywheel serve soak
 
 # Task names (one evaluation config per task) and the experiment configs EXP may name.
 EVAL_TASKS = $(filter-out all common __init__,$(basename $(notdir $(wildcard experiments/configs/eval/*.py))))
@@ -97,6 +97,13 @@ serve: data
 # Speed and memory goals live here, as JSON, never in timed tests.
 bench: install
 	MUJOCO_GL=disable $(PY) -m experiments.speed --out results/bench.json
+
+# Issue 16's soak: the real learner (experiments.serve, smoke nets, durable fleet store, training while it
+# ingests) against 64 bridge clients for 10 minutes; per-minute acks/s, ack latency, learner RSS, then
+# lost/duplicated counts and the restart's rebuild time in results/soak.json and results/soak.md.
+SOAK_ARGS ?=
+soak: install
+	MUJOCO_GL=disable $(PY) -m experiments.soak --out results/soak.json $(SOAK_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check fleet_api lwd_jax robot_bridge experiments tests

@@ -3,7 +3,12 @@
 import json
 import math
 
+import numpy as np
+
+from experiments.soak import per_minute, soak_episode
 from experiments.speed import main
+from fleet_api.schema import validate_episode
+from lwd_jax.sim.tasks import get_task
 
 
 def test_quick_bench_writes_sane_json(tmp_path):
@@ -17,3 +22,20 @@ def test_quick_bench_writes_sane_json(tmp_path):
     assert 0 < doc["push"]["latency_s_median"] <= doc["push"]["latency_s_max"]
     store = doc["store"]
     assert store["reread_episodes"] == store["appends"] == 200 and len(store["ms_per_append_by_window"]) == 4
+
+
+def test_soak_episodes_are_schema_valid_and_minutes_are_binned_by_their_length():
+    """The soak's synthetic episodes pass the learner's own validation (else the soak would measure
+    refusals), and its per-minute rates divide by each bin's real length (a last partial minute too)."""
+    rng = np.random.default_rng(0)
+    for task in ("cube_pick_place", "scene_open_drawer", "scene_unlock_and_open"):
+        for _ in range(5):
+            ep = soak_episode(task, 30, rng, "soak-0")
+            validate_episode(ep, known_tasks=[task], max_steps=get_task(task).step_budget)
+            assert ep.subgoals[-1] == (ep.num_subgoals if ep.success else ep.subgoals[-1]) and ep.terminal == ep.success
+    acks = [{"t": 100.0 + t, "lat": 0.1 * (1 + (t >= 60))} for t in np.arange(0, 90, 0.5)]
+    rows = per_minute(acks, [(110.0, 500.0), (170.0, 520.0)], 100.0, 190.0, episodes_to_fill=150)
+    assert [r["minute"] for r in rows] == [1, 2]
+    assert rows[0]["acks_per_s"] == 2.0 and rows[1]["acks_per_s"] == 2.0  # 120 acks / 60 s, 60 acks / 30 s
+    assert abs(rows[1]["ack_p50_s"] - 0.2) < 1e-9 and rows[0]["rss_mb"] == 500.0 and rows[1]["rss_mb"] == 520.0
+    assert not rows[0]["buffer_full"] and rows[1]["buffer_full"]

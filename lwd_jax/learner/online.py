@@ -125,9 +125,11 @@ def run_online(
     store = FleetStore(os.path.join(root, "rlds"), chunk_len=cfg.agent.action_horizon, n_chunks=n_online,
                        gamma=cfg.data.gamma, task_ids=task_ids, table=table, capacity=cfg.data.online_capacity,
                        keep="human" if hg_dagger else "all")
+    t_rebuild = time.perf_counter()
     seen = store.rebuild()
     if seen:
-        print(f"online: rebuilt the fleet buffer from disk: {len(seen)} episodes, {store.num_transitions()} transitions", flush=True)
+        print(f"online: rebuilt the fleet buffer from disk: {len(seen)} episodes, {store.num_transitions()} "
+              f"transitions in {time.perf_counter() - t_rebuild:.1f} s", flush=True)
 
     specs = plan_fleet(oc.num_robots, tasks, oc.fleet_episodes, oc.teleop_robots, cfg.seed)
     fleet = LocalFleet(root, specs, control_hz=oc.control_hz, extra_config={"shutdown_drain_s": 30.0})

@@ -1,0 +1,333 @@
+"""Soak benchmark (`make soak`): 64 bridge clients stream episodes to one real learner for 10 minutes.
+
+Why: a fleet store whose cost grows with its size, or a learner whose memory grows with every episode,
+passes every test and fails a fleet after a day. This runs the learner robots really reach
+(`experiments.serve`, a separate process, tokens file, durable RLDS fleet store, the online stage training
+while it ingests) against `--clients` authenticated bridge clients (`robot_bridge.client.LearnerClient`, in
+`--procs` spawned processes, one gRPC channel and one robot id each) that upload episodes back to back for
+`--minutes`. Then the learner is stopped with SIGTERM, restarted on the same work dir (the fleet store is
+rebuilt from disk: its time is measured) and stopped again, and the store on disk is counted against
+what the clients were acknowledged.
+
+    make soak                                      # 64 clients, 10 minutes -> results/soak.json
+    python -m experiments.soak --clients 8 --minutes 1 --out /tmp/soak.json
+
+Figures, per minute of the run: acks/s, ack latency p50/p99 (client side, retries included), learner RSS
+(max of 5 s samples) and fleet-buffer fill; totals: episodes sent / acknowledged / stored / lost /
+duplicated, and the restart's rebuild time. Goals (issue 16): no downward trend in acks/s, RSS flat once
+the replay buffer is full, 0 lost, 0 duplicated. The episodes are synthetic but schema-valid for the
+dataset's real tasks (random states and actions, lengths up to the task's step budget), so the learner's
+whole ingest path runs: wire decode, validation, the durable shard + manifest append, transitions into the
+replay buffer, and training on them. Everything shares this machine's cores, clients included: compare
+minutes of one run, not runs of two machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing as mp
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from experiments.configs.data import get_config as data_config
+from experiments.configs.serve import get_config as serve_config
+from fleet_api.schema import ACTION_DIM, PROPRIO_DIM, STATE_DIM, Episode, Source, validate_episode
+from lwd_jax.data.rlds_reader import RLDSReader
+from lwd_jax.learner.auth import add_robot
+from lwd_jax.sim.generate import generate
+from lwd_jax.sim.tasks import get_task
+from robot_bridge.client import ClientConfig, FleetError, LearnerClient
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SERVE_TIMEOUT_S = 900.0  # smoke pretrain + offline + jit compile on 2 busy cores
+STOP_TIMEOUT_S = 300.0
+RSS_EVERY_S = 5.0
+POOL = 8  # distinct episode bodies per client thread (each upload gets a fresh id)
+REBUILT = re.compile(r"rebuilt the fleet buffer from disk: (\d+) episodes, (\d+) transitions in ([0-9.]+) s")
+
+
+def soak_episode(task: str, steps: int, rng: np.random.Generator, robot_id: str) -> Episode:
+    """A schema-valid episode of `task`: random states and actions, sub-goals rising to success or not."""
+    spec = get_task(task)
+    k = spec.num_subgoals
+    success = bool(rng.random() < 0.5)
+    reached = k if success else int(rng.integers(0, k))
+    subgoals = np.sort(rng.integers(0, reached + 1, steps + 1)).astype(np.int32)
+    subgoals[-1] = reached
+    reward = np.zeros(steps, np.float32)
+    reward[-1] = float(success)
+    return Episode(
+        observation={
+            "state": rng.standard_normal((steps + 1, STATE_DIM)).astype(np.float32),
+            "state_mask": np.ones((steps + 1, STATE_DIM), bool),
+            "proprio": rng.standard_normal((steps + 1, PROPRIO_DIM)).astype(np.float32),
+        },
+        action=rng.uniform(-1, 1, (steps, ACTION_DIM)).astype(np.float32),
+        reward=reward, intervention=np.zeros(steps, bool), subgoals=subgoals, terminal=success,
+        language_instruction=spec.instructions[0], task=task, robot_id=robot_id, source=Source.ROLLOUT.value,
+        success=success, num_subgoals=k,
+    )
+
+
+def _client_thread(target: str, robot_id: str, token: str, tasks: list[str], max_len: int, end_at: float,
+                   seed: int, out: Any, lock: threading.Lock) -> None:
+    """One robot: uploads fresh-id copies of its POOL episodes back to back until `end_at` (wall clock)."""
+    rng = np.random.default_rng(seed)
+    pool = [soak_episode(tasks[i % len(tasks)], int(rng.integers(max_len // 4, max_len + 1)), rng, robot_id)
+            for i in range(POOL)]
+    for ep in pool[:1]:
+        validate_episode(ep, known_tasks=tasks, max_steps=max_len, where=f"soak client {robot_id}")
+
+    def line(rec: dict[str, Any]) -> None:
+        with lock:
+            out.write(json.dumps(rec) + "\n")
+            out.flush()
+
+    cfg = ClientConfig(max_attempts=8, backoff_max_s=2.0)
+    with LearnerClient(target, robot_id, token, config=cfg) as client:
+        client.policy_version()  # connected before the clock starts
+        i = 0
+        while time.time() < end_at:
+            ep = dataclasses.replace(pool[i % POOL], episode_id=uuid.uuid4().hex)
+            i += 1
+            line({"sent": ep.episode_id, "t": time.time()})
+            t0 = time.perf_counter()
+            try:
+                res = client.upload_episode(ep)
+            except FleetError as e:  # counted, never fatal: a soak measures what the learner answers
+                line({"error": ep.episode_id, "t": time.time(), "what": f"{type(e).__name__}: {e}"[:300]})
+                continue
+            line({"ack": ep.episode_id, "t": time.time(), "lat": time.perf_counter() - t0, "dup": res.duplicate,
+                  "steps": ep.num_steps})
+
+
+def _worker(target: str, creds: list[tuple[str, str]], tasks: list[str], max_len: int, end_at: float,
+            log_path: str) -> None:
+    """One spawned process holding len(creds) client threads (one channel each); lines to its own log."""
+    lock = threading.Lock()
+    with open(log_path, "w") as out:
+        def client(rid: str, tok: str) -> None:
+            try:
+                _client_thread(target, rid, tok, tasks, max_len, end_at, 1000 + int(rid.split("-")[1]), out, lock)
+            except Exception as e:  # a client that died is a figure of the soak, not a silent gap in it
+                with lock:
+                    out.write(json.dumps({"died": rid, "t": time.time(), "what": f"{type(e).__name__}: {e}"[:300]}) + "\n")
+
+        threads = [threading.Thread(target=client, args=cred, daemon=True) for cred in creds]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+
+def _rss_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for ln in f:
+                if ln.startswith("VmRSS:"):
+                    return int(ln.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _wait_for(path: str, proc: subprocess.Popen, timeout_s: float, log: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not os.path.exists(path):
+        if proc.poll() is not None:
+            raise RuntimeError(f"soak: the learner exited {proc.returncode} before serving; see {log}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"soak: the learner did not serve within {timeout_s:.0f} s; see {log}")
+        time.sleep(0.5)
+
+
+def _stop(proc: subprocess.Popen) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise RuntimeError(f"soak: the learner did not stop within {STOP_TIMEOUT_S:.0f} s of SIGTERM") from None
+
+
+def per_minute(acks: list[dict[str, Any]], rss: list[tuple[float, float]], t0: float, t1: float,
+               episodes_to_fill: float | None) -> list[dict[str, Any]]:
+    """Minute-by-minute figures from the clients' ack lines and the learner's RSS samples over [t0, t1)
+    (a last partial minute is a rate over its own length)."""
+    rows = []
+    n_acked = 0
+    for m in range(int(np.ceil((t1 - t0) / 60.0))):
+        lo, hi = t0 + 60 * m, min(t0 + 60 * (m + 1), t1)
+        lat = np.array([a["lat"] for a in acks if lo <= a["t"] < hi])
+        n_acked += len(lat)
+        mem = [mb for t, mb in rss if lo <= t < hi]
+        rows.append({
+            "minute": m + 1, "acks_per_s": len(lat) / (hi - lo),
+            "ack_p50_s": float(np.percentile(lat, 50)) if len(lat) else None,
+            "ack_p99_s": float(np.percentile(lat, 99)) if len(lat) else None,
+            "rss_mb": max(mem) if mem else None,
+            "buffer_full": bool(episodes_to_fill is not None and n_acked >= episodes_to_fill),
+        })
+    return rows
+
+
+def run(clients: int = 64, procs: int = 8, minutes: float = 10.0, workdir: str | None = None,
+        overrides: list[str] | None = None) -> dict[str, Any]:
+    """The whole soak; returns the figures (see the module docstring)."""
+    root = workdir or tempfile.mkdtemp(prefix="lwd-soak-")
+    os.makedirs(root, exist_ok=True)
+    dc = data_config("smoke")
+    dc.out_dir = os.path.join(root, "offline")
+    if not os.path.exists(os.path.join(dc.out_dir, "dataset_info.json")):
+        generate(dc)
+    tasks = dc.tasks.split(",")
+    max_len = max(get_task(t).step_budget for t in tasks)
+    capacity = int(serve_config("smoke").data.online_capacity)
+    tokens_file = os.path.join(root, "tokens.json")
+    creds = [(f"soak-{i}", add_robot(tokens_file, f"soak-{i}")) for i in range(clients)]
+    run_dir = os.path.join(root, "run")
+    addr_file = os.path.join(run_dir, "fleet", "learner.json")
+    cmd = [sys.executable, "-m", "experiments.serve", "--config=experiments/configs/serve.py:smoke",
+           f"--config.workdir={run_dir}", f"--config.data.offline_dir={dc.out_dir}", f"--config.tasks={dc.tasks}",
+           "--config.online.host=127.0.0.1", "--config.online.port=0", f"--config.online.tokens_file={tokens_file}",
+           *[f"--config.{o}" for o in overrides or []]]
+    env = {**os.environ, "MUJOCO_GL": "disable"}
+
+    def start(log: str) -> subprocess.Popen:
+        if os.path.exists(addr_file):
+            os.remove(addr_file)
+        with open(log, "w") as fh:
+            return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
+
+    log1 = os.path.join(root, "learner.log")
+    learner = start(log1)
+    rss: list[tuple[float, float]] = []
+    sampling = threading.Event()
+    try:
+        _wait_for(addr_file, learner, SERVE_TIMEOUT_S, log1)
+        target = f"127.0.0.1:{json.load(open(addr_file))['port']}"
+
+        def sample() -> None:
+            while not sampling.wait(RSS_EVERY_S):
+                mb = _rss_mb(learner.pid)
+                if mb is not None:
+                    rss.append((time.time(), mb))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        t_start = time.time() + 20.0  # the clients' episode pools are built and their channels connected by then
+        end_at = t_start + 60.0 * minutes
+        ctx = mp.get_context("spawn")  # never fork a process that holds gRPC threads
+        logs = [os.path.join(root, f"clients-{p}.jsonl") for p in range(procs)]
+        workers = [ctx.Process(target=_worker, args=(target, creds[p::procs], tasks, max_len, end_at, logs[p]))
+                   for p in range(procs)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(timeout=60.0 * minutes + 600)
+        crashed = [w.exitcode for w in workers if w.exitcode != 0]
+        sampling.set()
+        rc1 = _stop(learner)
+    finally:
+        sampling.set()
+        if learner.poll() is None:
+            learner.kill()
+
+    # restart on the same work dir: the fleet store is rebuilt from disk before the learner serves again
+    log2 = os.path.join(root, "learner_restart.log")
+    t = time.perf_counter()
+    learner = start(log2)
+    try:
+        _wait_for(addr_file, learner, SERVE_TIMEOUT_S, log2)
+        restart_to_serving_s = time.perf_counter() - t
+    finally:
+        rc2 = _stop(learner) if learner.poll() is None else learner.returncode
+    m = REBUILT.search(open(log2).read())
+
+    recs = [json.loads(ln) for path in logs for ln in open(path) if ln.strip()]
+    sent = [r["sent"] for r in recs if "sent" in r]
+    acks = [r for r in recs if "ack" in r]
+    errors = [r for r in recs if "error" in r]
+    died = [r for r in recs if "died" in r]
+    stored = Counter(ep.episode_id for ep in RLDSReader(os.path.join(run_dir, "fleet", "rlds")).episodes())
+    acked = {a["ack"] for a in acks}
+    mean_steps = float(np.mean([a["steps"] for a in acks])) if acks else 0.0
+    rows = per_minute(acks, rss, t_start, end_at, capacity / mean_steps if mean_steps else None)
+    rates = np.array([r["acks_per_s"] for r in rows])
+    slope = float(np.polyfit(np.arange(len(rates)), rates, 1)[0]) if len(rates) > 1 else 0.0
+    full_rss = [r["rss_mb"] for r in rows if r["buffer_full"] and r["rss_mb"] is not None]
+    return {
+        "clients": clients, "procs": procs, "minutes": minutes, "tasks": tasks, "mean_steps_per_episode": mean_steps,
+        "replay_capacity_transitions": capacity, "per_minute": rows,
+        "acks_per_s_slope_per_minute": slope,
+        "rss_growth_mb_after_buffer_full": (full_rss[-1] - full_rss[0]) if len(full_rss) > 1 else None,
+        "episodes": {"sent": len(sent), "acked": len(acked), "stored": len(stored),
+                     "lost": len(acked - set(stored)), "duplicated": sum(1 for c in stored.values() if c > 1),
+                     "stored_unacked": len(set(stored) - acked), "client_errors": len(errors),
+                     "ack_duplicates": sum(1 for a in acks if a["dup"])},
+        "errors_sample": [e["what"] for e in errors[:5]],
+        "learner_exit_codes": [rc1, rc2], "client_process_failures": crashed,
+        "clients_died": [f"{d['died']}: {d['what']}" for d in died],
+        "restart": {"rebuilt_episodes": int(m.group(1)) if m else None,
+                    "rebuilt_transitions": int(m.group(2)) if m else None,
+                    "rebuild_s": float(m.group(3)) if m else None, "to_serving_s": restart_to_serving_s},
+        "workdir": root,
+    }
+
+
+def markdown(res: dict[str, Any]) -> str:
+    """The per-minute table and the totals, as the README and the issue note show them."""
+    lines = [f"{res['clients']} clients, {res['minutes']:g} min, {res['mean_steps_per_episode']:.0f} steps per episode",
+             "", "| minute | acks/s | ack p50 (s) | ack p99 (s) | learner RSS (MB) | replay buffer full |",
+             "|---|---|---|---|---|---|"]
+    for r in res["per_minute"]:
+        f = lambda x, d=2: "–" if x is None else f"{x:.{d}f}"  # noqa: E731
+        lines.append(f"| {r['minute']} | {r['acks_per_s']:.1f} | {f(r['ack_p50_s'])} | {f(r['ack_p99_s'])} | "
+                     f"{f(r['rss_mb'], 0)} | {'yes' if r['buffer_full'] else 'no'} |")
+    e, rs = res["episodes"], res["restart"]
+    lines += ["", f"Episodes: sent {e['sent']}, acked {e['acked']}, stored {e['stored']}, lost {e['lost']}, "
+              f"duplicated {e['duplicated']}, stored but unacked {e['stored_unacked']}, client errors {e['client_errors']}, "
+              f"clients died {len(res['clients_died'])}.",
+              f"acks/s slope {res['acks_per_s_slope_per_minute']:+.2f} per minute; RSS growth after the buffer filled "
+              f"{res['rss_growth_mb_after_buffer_full']} MB; restart: rebuilt {rs['rebuilt_episodes']} episodes in "
+              f"{rs['rebuild_s']} s, serving again after {rs['to_serving_s']:.1f} s; learner exits {res['learner_exit_codes']}."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--clients", type=int, default=64)
+    p.add_argument("--procs", type=int, default=8, help="client processes (the clients are split over them)")
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--workdir", default=None, help="keep the learner's run dir and the client logs here")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   help="a learner config override key.path=value, e.g. data.online_capacity=200000")
+    p.add_argument("--out", default="results/soak.json")
+    args = p.parse_args(argv)
+    if args.clients < 1 or args.procs < 1 or args.minutes <= 0:
+        p.error("--clients and --procs must be >= 1 and --minutes > 0")
+    res = run(args.clients, min(args.procs, args.clients), args.minutes, args.workdir, args.overrides)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(res, f, indent=1)
+    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+        f.write(markdown(res) + "\n")
+    print(markdown(res))
+    return res
+
+
+if __name__ == "__main__":
+    main()
