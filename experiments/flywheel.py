@@ -4,6 +4,7 @@
     python -m experiments.flywheel --seeds 0 --smoke        # tiny nets and budgets (what the test runs)
     python -m experiments.flywheel --set agent.divl.tau_base_online=0.6 --root runs/flywheel_tau06 \
         --results results/flywheel/tau06                     # a variant: config overrides, its own dirs
+    python -m experiments.flywheel --baseline HG-DAgger=runs/flywheel_hg ...   # + another root's online row
 
 Per seed one `experiments.train` run (BC on the demos = SFT, critic warm-up + offline RL, the online stage
 with the embedded fleet), all on one dataset loaded once. Every stage is evaluated on the same test scenes,
@@ -34,12 +35,24 @@ STAGES = ("pretrain", "offline", "online")
 COMPARISONS = (("online", "offline"), ("online", "pretrain"), ("offline", "pretrain"))
 
 
-def aggregate(root: str, seeds: list[int], tasks: list[str]) -> dict[str, Any]:
-    """Per-seed and pooled success and long-task step-wise score per stage, and the paired comparisons."""
+def aggregate(root: str, seeds: list[int], tasks: list[str], baselines: dict[str, str] | None = None) -> dict[str, Any]:
+    """Per-seed and pooled success and long-task step-wise score per stage, and the paired comparisons.
+
+    `baselines` maps a row name to another study root run on the same seeds and test scenes (e.g. HG-DAgger:
+    `--set online_learner=hg_dagger ... --root runs/flywheel_hg`); its online stage becomes a row, and LWD
+    online is compared with it pairwise. A baseline whose scenes differ pairs nothing: that is an error."""
+    baselines = baselines or {}
     eps = {s: {st: load_episodes(os.path.join(root, f"seed{s}"), st) for st in STAGES} for s in seeds}
+    for name, spec in baselines.items():
+        broot, stage = split_baseline(spec)
+        for s in seeds:
+            eps[s][name] = load_episodes(os.path.join(broot, f"seed{s}"), stage)
     long_tasks = {t for t in tasks if get_task(t).is_long}
-    out: dict[str, Any] = {"seeds": seeds, "tasks": tasks, "per_seed": {}, "pooled": {}, "paired": {}}
-    for st in STAGES:
+    out: dict[str, Any] = {"seeds": seeds, "tasks": tasks, "per_seed": {}, "pooled": {}, "paired": {},
+                           "baselines": dict(baselines)}
+    present = [st for st in (*STAGES, *baselines) if all(eps[s][st] for s in seeds)]  # HG-DAgger has no "offline"
+    out["stages"] = present
+    for st in present:
         per_seed = [float(np.mean([e.success for e in eps[s][st]])) for s in seeds]
         pooled = [e for s in seeds for e in eps[s][st]]
         k = sum(e.success for e in pooled)
@@ -52,7 +65,12 @@ def aggregate(root: str, seeds: list[int], tasks: list[str]) -> dict[str, Any]:
             "long_score": float(np.mean(long_score)) if long_score else float("nan"),
             "per_task": {t: float(np.mean([e.success for e in pooled if e.task == t])) for t in tasks},
         }
-    for a, b in COMPARISONS:
+    for a, b in (*COMPARISONS, *(("online", name) for name in baselines)):
+        if a not in present or b not in present:
+            continue
+        if b in baselines and len(eval_report.paired_success(eps[seeds[0]][a], eps[seeds[0]][b])) == 1:
+            raise ValueError(f"flywheel: baseline {b!r} ({baselines[b]}) shares no test scene with {root}; "
+                             "run it with the same seeds and eval.seed")
         out["paired"][f"{a} vs {b} (pooled)"] = eval_report.paired_success(
             [e for s in seeds for e in with_seed(eps[s][a], s)], [e for s in seeds for e in with_seed(eps[s][b], s)])
         long_a = [e for s in seeds for e in with_seed(eps[s][a], s) if e.task.split(":", 1)[1] in long_tasks]
@@ -61,6 +79,12 @@ def aggregate(root: str, seeds: list[int], tasks: list[str]) -> dict[str, Any]:
         for s in seeds:
             out["paired"][f"{a} vs {b} (seed {s})"] = eval_report.paired_success(eps[s][a], eps[s][b])
     return out
+
+
+def split_baseline(spec: str) -> tuple[str, str]:
+    """"ROOT" or "ROOT:STAGE" -> (root, stage); the stage defaults to "online" (a baseline's fleet stage)."""
+    root, sep, stage = spec.rpartition(":")
+    return (root, stage) if sep and stage in STAGES else (spec, "online")
 
 
 def apply_overrides(cfg: Any, overrides: list[str]) -> None:
@@ -91,9 +115,9 @@ def markdown(agg: dict[str, Any]) -> str:
              "| stage | success [95% CI] | seed mean ± std | long-task step-wise score | "
              + " | ".join(tasks) + " |", "|---" * (4 + len(tasks)) + "|"]
     names = {"pretrain": "SFT (BC on demos)", "offline": "LWD offline", "online": "LWD online"}
-    for st in STAGES:
+    for st in agg["stages"]:
         p = agg["pooled"][st]
-        lines.append(f"| {names[st]} | {p['success']:.3f} [{p['success_lo']:.3f}, {p['success_hi']:.3f}] | "
+        lines.append(f"| {names.get(st, st)} | {p['success']:.3f} [{p['success_lo']:.3f}, {p['success_hi']:.3f}] | "
                      f"{p['seed_mean']:.3f} ± {p['seed_std']:.3f} | {p['long_score']:.3f} | "
                      + " | ".join(f"{p['per_task'][t]:.2f}" for t in tasks) + " |")
     return "\n".join(lines) + "\n\n" + eval_report.paired_markdown(agg["paired"]) + "\n"
@@ -110,7 +134,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--tasks", default=None, help="comma-separated tasks (default: the config's four)")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     help="a config override key.path=value (repeatable), e.g. agent.divl.tau_base_online=0.6")
+    ap.add_argument("--baseline", action="append", default=[], metavar="NAME=ROOT[:STAGE]",
+                    help="another study root on the same seeds and test scenes whose online (or STAGE) evaluation "
+                         "is a row (e.g. HG-DAgger=runs/flywheel_hg); LWD online is compared with it pairwise")
     args = ap.parse_args(argv)
+    baselines = {}
+    for item in args.baseline:
+        name, sep, broot = item.partition("=")
+        if not sep or not name or not os.path.isdir(split_baseline(broot)[0]):
+            ap.error(f"--baseline {item!r}: expected NAME=ROOT[:STAGE] with ROOT an existing study root")
+        baselines[name] = broot
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     variant = "smoke" if args.smoke else ""
     base = get_config(variant)
@@ -133,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         run(cfg, data)
         with open(os.path.join(cfg.workdir, "timing.json"), "w") as f:
             json.dump({"seconds": time.time() - t0}, f)
-    agg = aggregate(args.root, seeds, tasks)
+    agg = aggregate(args.root, seeds, tasks, baselines)
     os.makedirs(args.results, exist_ok=True)
     with open(os.path.join(args.results, "flywheel.json"), "w") as f:
         json.dump(agg, f, indent=1)

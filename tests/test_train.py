@@ -155,6 +155,17 @@ def test_flywheel_study_end_to_end(smoke_dataset, tmp_path):
     assert all(agg["pooled"][s]["episodes"] == n for s in flywheel.STAGES)
     assert agg["paired"]["online vs offline (pooled)"]["n"] == n
     assert "McNemar" in (tmp_path / "results" / "flywheel.md").read_text()
+    # a baseline row from another root on the same scenes (here the run itself: every pair is concordant);
+    # the seed has its results, so this only aggregates
+    agg = flywheel.main(["--smoke", "--seeds", "0", "--tasks", data_cfg.tasks, "--offline-dir", data_cfg.out_dir,
+                         "--root", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
+                         "--baseline", f"Itself={tmp_path / 'runs'}", "--baseline", f"Its SFT={tmp_path / 'runs'}:pretrain"])
+    same = agg["paired"]["online vs Itself (pooled)"]
+    assert same["n"] == n and same["diff"] == 0 and same["a_only"] == same["b_only"] == 0
+    assert "| Itself |" in (tmp_path / "results" / "flywheel.md").read_text()
+    assert agg["paired"]["online vs Its SFT (pooled)"] == agg["paired"]["online vs pretrain (pooled)"]
+    with pytest.raises(SystemExit):
+        flywheel.main(["--smoke", "--root", str(tmp_path / "runs"), "--baseline", "NoSuch=/nonexistent"])
     with open(tmp_path / "runs" / "seed0" / "logs" / "metrics.jsonl") as f:
         online = [json.loads(line) for line in f if '"online/' in line]
     assert online and all("online/am_loss" not in r for r in online)  # best-of-N trains no actor
