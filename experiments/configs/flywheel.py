@@ -12,7 +12,10 @@ Why this protocol (fixed before any run, from measurements on other scenes, not 
     delivering them: 96 fleet episodes (24 per task, one of three robots with a simulated human attendant),
     10k online critic updates paced at 0.5 updates per robot step;
   * DIVL with tau_mode "centered" (the batch mean of tau at tau_base: the paper's adaptive form sat at 0.42
-    here) and tau_base ramped 0.6 -> 0.9 over the first 2,000 online updates instead of jumping;
+    here) and tau_base 0.6 offline *and online*. The paper's 0.9 online (ramped over 2,000 updates, run B
+    in results/flywheel/ramp09/) made the online critic optimistic (Q-bar - MC +0.11 on validation scenes)
+    and turned no flywheel; 0.6 online was fixed from that and from finding 6 of issue 13 before run C, and
+    confirmed on fresh seeds and test scenes (run D, results/flywheel/confirm/): README "The flywheel study";
   * 24 evaluation episodes per task on the fixed test scenes (eval.seed), the same for every stage, so every
     comparison is paired (experiments/flywheel.py pools the three seeds' pairs).
 """
@@ -37,7 +40,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.agent.extraction = "best_of_n"
     c.agent.qam.best_of_n = 16
     c.agent.divl.tau_mode = "centered"
-    c.agent.divl.tau_ramp_updates = 2_000
+    c.agent.divl.tau_base_online = 0.6
+    c.agent.divl.tau_ramp_updates = 2_000  # a schedule if tau_base_online is set apart (--set), no-op at 0.6
     c.online.pacing = "utd"
     c.online.utd_ratio = 0.5
     c.eval.best_of_n = 0  # the deployed policy *is* best-of-16 of the BC flow here: no separate probe
