@@ -68,11 +68,12 @@ def aggregate(root: str, seeds: list[int], tasks: list[str], baselines: dict[str
     for a, b in (*COMPARISONS, *(("online", name) for name in baselines)):
         if a not in present or b not in present:
             continue
-        if b in baselines and len(eval_report.paired_success(eps[seeds[0]][a], eps[seeds[0]][b])) == 1:
+        pooled_pairs = eval_report.paired_success(
+            [e for s in seeds for e in with_seed(eps[s][a], s)], [e for s in seeds for e in with_seed(eps[s][b], s)])
+        if b in baselines and not pooled_pairs["n"]:
             raise ValueError(f"flywheel: baseline {b!r} ({baselines[b]}) shares no test scene with {root}; "
                              "run it with the same seeds and eval.seed")
-        out["paired"][f"{a} vs {b} (pooled)"] = eval_report.paired_success(
-            [e for s in seeds for e in with_seed(eps[s][a], s)], [e for s in seeds for e in with_seed(eps[s][b], s)])
+        out["paired"][f"{a} vs {b} (pooled)"] = pooled_pairs
         long_a = [e for s in seeds for e in with_seed(eps[s][a], s) if e.task.split(":", 1)[1] in long_tasks]
         long_b = [e for s in seeds for e in with_seed(eps[s][b], s) if e.task.split(":", 1)[1] in long_tasks]
         out["paired"][f"{a} vs {b} (pooled, long tasks)"] = eval_report.paired_success(long_a, long_b)

@@ -42,9 +42,10 @@ from typing import Any
 
 import numpy as np
 
+from experiments.bench_ingest import synthetic_episode
 from experiments.configs.data import get_config as data_config
 from experiments.configs.serve import get_config as serve_config
-from fleet_api.schema import ACTION_DIM, PROPRIO_DIM, STATE_DIM, Episode, Source, validate_episode
+from fleet_api.schema import Episode, validate_episode
 from lwd_jax.data.rlds_reader import RLDSReader
 from lwd_jax.learner.auth import add_robot
 from lwd_jax.sim.generate import generate
@@ -60,7 +61,8 @@ REBUILT = re.compile(r"rebuilt the fleet buffer from disk: (\d+) episodes, (\d+)
 
 
 def soak_episode(task: str, steps: int, rng: np.random.Generator, robot_id: str) -> Episode:
-    """A schema-valid episode of `task`: random states and actions, sub-goals rising to success or not."""
+    """A schema-valid episode of `task`: the ingest benchmark's random states and actions, with the task's
+    instruction and sub-goals rising to success or not (so the learner's buffer and fleet log see real tasks)."""
     spec = get_task(task)
     k = spec.num_subgoals
     success = bool(rng.random() < 0.5)
@@ -69,17 +71,9 @@ def soak_episode(task: str, steps: int, rng: np.random.Generator, robot_id: str)
     subgoals[-1] = reached
     reward = np.zeros(steps, np.float32)
     reward[-1] = float(success)
-    return Episode(
-        observation={
-            "state": rng.standard_normal((steps + 1, STATE_DIM)).astype(np.float32),
-            "state_mask": np.ones((steps + 1, STATE_DIM), bool),
-            "proprio": rng.standard_normal((steps + 1, PROPRIO_DIM)).astype(np.float32),
-        },
-        action=rng.uniform(-1, 1, (steps, ACTION_DIM)).astype(np.float32),
-        reward=reward, intervention=np.zeros(steps, bool), subgoals=subgoals, terminal=success,
-        language_instruction=spec.instructions[0], task=task, robot_id=robot_id, source=Source.ROLLOUT.value,
-        success=success, num_subgoals=k,
-    )
+    return dataclasses.replace(
+        synthetic_episode(steps, rng, robot_id), reward=reward, subgoals=subgoals, terminal=success,
+        language_instruction=spec.instructions[0], task=task, success=success, num_subgoals=k)
 
 
 def _client_thread(target: str, robot_id: str, token: str, tasks: list[str], max_len: int, end_at: float,
@@ -88,7 +82,7 @@ def _client_thread(target: str, robot_id: str, token: str, tasks: list[str], max
     rng = np.random.default_rng(seed)
     pool = [soak_episode(tasks[i % len(tasks)], int(rng.integers(max_len // 4, max_len + 1)), rng, robot_id)
             for i in range(POOL)]
-    for ep in pool[:1]:
+    for ep in pool:
         validate_episode(ep, known_tasks=tasks, max_steps=max_len, where=f"soak client {robot_id}")
 
     def line(rec: dict[str, Any]) -> None:
@@ -239,7 +233,6 @@ def run(clients: int = 64, procs: int = 8, minutes: float = 10.0, workdir: str |
         for w in workers:
             w.join(timeout=60.0 * minutes + 600)
         crashed = [w.exitcode for w in workers if w.exitcode != 0]
-        sampling.set()
         rc1 = _stop(learner)
     finally:
         sampling.set()
