@@ -277,7 +277,7 @@ def run(cfg: ml_collections.ConfigDict, data: OfflineData | None = None, stop: t
     if total > o_end:
         update = agent.pretrain_update if hg else functools.partial(agent.update, stage="online", stage_start=o_end)
         state, report = run_online(cfg, agent, state, pretrain_buf if hg else offline, stats, table, tasks, task_ids,
-                                   learner, update, total)
+                                   learner, update, total, expert=pretrain_buf)
         if stopped():
             return results
         results["online"] = evals.get("online", state, deployed, total, logger)

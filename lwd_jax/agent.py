@@ -12,6 +12,7 @@ target-critic EMA -> QAM policy extraction -> base-flow BC (when the base is kep
 Batch layout (leading axis B; `lwd_jax.data.batching` builds it on the host):
   observations, next_observations: {state [B,S], state_mask [B,S], proprio [B,P], lang [B,L], image?}
   actions [B,H,A] in [-1,1]; action_valid [B,H]; reward [B]; discount [B]; intervention [B]
+  bc (online, with agent.base_bc_data = "expert"): {observations, actions, action_valid} of the base's BC data
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ from lwd_jax.nets.value import CategoricalValue, ScalarValue
 Batch = dict[str, Any]
 Metrics = dict[str, jax.Array]
 TRAINED = ("actor", "base", "critic", "value")  # sub-trees with an optimizer
+# What the base flow clones when it is kept trained: "batch" (the RL batch, as the public QAM code does) |
+# "expert" (a batch of its own: the data BC pretraining cloned plus the fleet's human-driven chunks, the
+# aggregate HG-DAgger clones; only the online stage supplies it).
+BASE_BC_DATA = ("batch", "expert")
 
 
 @flax.struct.dataclass
@@ -86,6 +91,11 @@ class LWDAgent:
         self.qam_cfg = qam.QAMConfig(**dict(cfg.qam))
         self.flow_cfg = self.qam_cfg.flow
         self.extraction = methods.get_extraction(cfg.extraction)
+        if cfg.base_bc_data not in BASE_BC_DATA:
+            raise ValueError(f"config.agent.base_bc_data: expected one of {BASE_BC_DATA}, got {cfg.base_bc_data!r}")
+        if cfg.base_bc_data == "expert" and cfg.qam.base_reference == "frozen":
+            raise ValueError("config.agent.base_bc_data='expert' trains the base flow online, but "
+                             "config.agent.qam.base_reference is 'frozen'; set it to 'online' or 'ema'")
         if cfg.qam.residual and not self.extraction.residual:
             raise ValueError(f"config.agent.qam.residual: extraction {cfg.extraction!r} has no residual field")
         if self.extraction.actor_loss is None and cfg.qam.best_of_n < 2:
@@ -245,15 +255,20 @@ class LWDAgent:
             p["actor"], o["actor"] = actor, opt_actor
             metrics.update(ainfo)
 
-        # 6. keep the base flow trained by BC (QAM code) unless the reference is the frozen BC checkpoint (LWD)
-        if self.qam_cfg.base_reference != "frozen":
-            # Human-driven chunks can count extra in the base's BC (ALGORITHMS.md: optional, config).
-            w = batch["action_valid"].astype(jnp.float32) * (
-                1.0 + cfg.intervention_bc_weight * batch["intervention"].astype(jnp.float32)[:, None]
-            )
+        # 6. keep the base flow trained by BC (QAM code) unless the reference is the frozen BC checkpoint (LWD):
+        # on the RL batch ("batch"), or on the expert batch the online loop draws beside it ("expert": the demos
+        # and the fleet's human-driven chunks; offline there is none, so the offline stage stays RL only).
+        if self.trains_base(batch):
+            if cfg.base_bc_data == "expert":
+                bc_obs, bc_actions, w = batch["bc"]["observations"], batch["bc"]["actions"], batch["bc"]["action_valid"].astype(jnp.float32)
+            else:  # human-driven chunks can count extra in the base's BC (ALGORITHMS.md: optional, config)
+                bc_obs, bc_actions = obs, batch["actions"]
+                w = batch["action_valid"].astype(jnp.float32) * (
+                    1.0 + cfg.intervention_bc_weight * batch["intervention"].astype(jnp.float32)[:, None]
+                )
             (_, binfo), g = jax.value_and_grad(
                 lambda bp: bc.flow_matching_loss(
-                    methods.Nets.apply(self.base_net), bp, obs, batch["actions"], r_bc, w
+                    methods.Nets.apply(self.base_net), bp, bc_obs, bc_actions, r_bc, w
                 ),
                 has_aux=True,
             )(p["base"])
@@ -263,7 +278,15 @@ class LWDAgent:
                 p["base_ref"] = ema_update(p["base"], p["base_ref"], cfg.base_ema)
             else:
                 p["base_ref"] = p["base"]
+            if self.extraction.actor_loss is None and not self.qam_cfg.residual:
+                p["actor"] = p["base"]  # an extraction that trains no actor acts with the (improving) base flow
         return state.replace(step=state.step + 1, params=p, opt_state=o), metrics
+
+    def trains_base(self, batch: Batch) -> bool:
+        """Whether an RL update BC-trains the base flow on this batch (static: decided at trace time)."""
+        if self.qam_cfg.base_reference == "frozen":
+            return False
+        return self.cfg.base_bc_data == "batch" or "bc" in batch
 
     def _scan(self, step_fn, state: AgentState, batches: Batch) -> tuple[AgentState, Metrics]:
         """Several updates per call: batches carry a leading [U] axis; metrics are averaged over U."""
@@ -294,7 +317,8 @@ class LWDAgent:
         if stage not in ("offline", "online"):
             raise ValueError(f"agent.update: stage expected 'offline' or 'online', got {stage!r}")
         fn = functools.partial(self._scan, functools.partial(self._rl_step, stage=stage, stage_start=stage_start))
-        return self._compile(f"rl_{stage}_{stage_start}", fn, state, batches, True)(state, batches)
+        name = f"rl_{stage}_{stage_start}" + ("_bc" if "bc" in batches else "")  # the batch's structure is static
+        return self._compile(name, fn, state, batches, True)(state, batches)
 
     def critic_update(self, state: AgentState, batches: Batch, stage: str = "offline", stage_start: int = 0
                       ) -> tuple[AgentState, Metrics]:

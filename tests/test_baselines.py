@@ -141,6 +141,7 @@ def test_human_chunk_mask_keeps_whole_human_chunks_only():
 
 def test_hg_dagger_fleet_buffer_holds_exactly_the_human_segments(tmp_path):
     from lwd_jax.data.batching import InstructionTable
+    from lwd_jax.data.replay import TransitionBuffer
     from lwd_jax.learner.fleet_store import FleetStore, human_chunk_mask
     from tests.rlds_fixtures import make_episode
 
@@ -162,6 +163,16 @@ def test_hg_dagger_fleet_buffer_holds_exactly_the_human_segments(tmp_path):
     assert every.num_transitions() == 60
     rows = human.buffer.gather(np.arange(total))
     assert rows["intervention"].all()
+    # A keep-all store holds the same human chunks apart (LWD's base clones them: agent.base_bc_data="expert"),
+    # and its expert batch weighs every demo and human transition alike, as HG-DAgger's aggregate does.
+    assert every.num_human_transitions() == human.num_human_transitions() == total
+    np.testing.assert_array_equal(every.human.gather(np.arange(total))["action"], rows["action"])
+    demos = TransitionBuffer(1000)
+    demos.add({k: v[:1].repeat(45, axis=0) for k, v in every.buffer.gather(np.arange(60)).items()})
+    demos_action = every.buffer.gather(np.arange(1))["action"]
+    batch = every.sample_expert(np.random.default_rng(0), demos, 600)
+    from_demos = np.all(batch["action"] == demos_action, axis=(1, 2))
+    assert from_demos.sum() == 450  # 45 demo rows of 60 in all: a fixed 3/4 of the batch
     with pytest.raises(ValueError, match="keep"):
         FleetStore(str(tmp_path / "x"), keep="robot", **kw)
 

@@ -11,6 +11,10 @@ Why this protocol (fixed before any run, from measurements on other scenes, not 
     data and the critic trained 10k updates on them); the online stage here is exactly that, with the fleet
     delivering them: 96 fleet episodes (24 per task, one of three robots with a simulated human attendant),
     10k online critic updates paced at 0.5 updates per robot step;
+  * online, the BC flow itself keeps learning from the demos and the fleet's human-driven chunks
+    (agent.base_bc_data = "expert"). Run D measured why: with the flow frozen, the human corrections reached
+    only the critic and LWD online (0.719) stayed far below HG-DAgger (0.899), which clones them;
+    run E (results/flywheel/E/, fresh seeds and test scenes) measures this design against both;
   * DIVL with tau_mode "centered" (the batch mean of tau at tau_base: the paper's adaptive form sat at 0.42
     here) and tau_base 0.6 offline *and online*. The paper's 0.9 online (ramped over 2,000 updates, run B
     in results/flywheel/ramp09/) made the online critic optimistic (Q-bar - MC +0.11 on validation scenes)
@@ -39,6 +43,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.data.pretrain_data = "demos"
     c.agent.extraction = "best_of_n"
     c.agent.qam.best_of_n = 16
+    # Online, the base flow that best-of-16 samples from keeps cloning the demos plus the fleet's human-driven
+    # chunks (HG-DAgger's aggregate, drawn beside the RL batch), so the deployed flow learns the corrections
+    # itself and the critic selects on top. Offline it stays the SFT flow (the RL-only comparison with SFT).
+    c.agent.qam.base_reference = "online"
+    c.agent.base_bc_data = "expert"
     c.agent.divl.tau_mode = "centered"
     c.agent.divl.tau_base_online = 0.6
     c.agent.divl.tau_ramp_updates = 2_000  # a schedule if tau_base_online is set apart (--set), no-op at 0.6

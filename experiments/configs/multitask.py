@@ -40,6 +40,10 @@ def get_agent_config() -> ml_collections.ConfigDict:
     a.grad_clip = 10.0
     a.base_ema = 0.005
     a.intervention_bc_weight = 0.0  # >0: human-driven chunks count extra in the base flow's BC
+    # What the base flow clones when qam.base_reference keeps it trained: "batch" (the RL batch, the QAM code) |
+    # "expert" (online only: what BC pretraining cloned plus the fleet's human-driven chunks, drawn beside the
+    # RL batch: the aggregate HG-DAgger clones, so the deployed flow learns the corrections itself).
+    a.base_bc_data = "batch"
     a.freeze_encoder_online = True  # LWD freezes the policy's vision-language backbone online
     a.fsdp_min_size = 2**18  # leaves at least this large are split over the `fsdp` mesh axis
     # Method sections are built from the dataclasses' own defaults (paper values marked there): the config

@@ -86,6 +86,9 @@ class FleetStore:
         self.keep = keep
         self.writer = RLDSWriter(rlds_dir, durable=durable, known_tasks=dict(task_ids))
         self.buffer = TransitionBuffer(capacity)
+        # The human-driven chunks again, on their own (a few % of fleet steps): the expert data a base flow can
+        # clone beside the RL batch (agent.base_bc_data = "expert"). With keep="human" it is the buffer itself.
+        self.human = self.buffer if keep == "human" else TransitionBuffer(capacity)
         self.episodes: list[FleetEpisode] = []
         self._lock = threading.Lock()
 
@@ -98,12 +101,15 @@ class FleetStore:
     def on_accept(self, ep: Episode) -> None:
         """Episode -> transitions -> online buffer, and one line in the fleet log."""
         cols = buffer_columns(chunk_transitions(ep, **self._cut), self._table)
+        rows = human_chunk_mask(ep.intervention, self._cut["chunk_len"])
+        human = {k: v[rows] for k, v in cols.items()}
         if self.keep == "human":  # HG-DAgger aggregates only what the human did
-            rows = human_chunk_mask(ep.intervention, self._cut["chunk_len"])
-            cols = {k: v[rows] for k, v in cols.items()}
+            cols = human
         with self._lock:
             if len(cols["action"]):
                 self.buffer.add(cols)
+            if self.human is not self.buffer and len(human["action"]):
+                self.human.add(human)
             self.episodes.append(
                 FleetEpisode(
                     order=len(self.episodes), episode_id=ep.episode_id, robot_id=ep.robot_id, task=ep.task,
@@ -146,6 +152,17 @@ class FleetStore:
         """A batch of `n`: `online_fraction` from the fleet buffer (once it has data), the rest offline."""
         with self._lock:
             return mixed_batch(rng, offline, self.buffer, n, online_fraction, balanced=balanced)
+
+    def num_human_transitions(self) -> int:
+        with self._lock:
+            return len(self.human)
+
+    def sample_expert(self, rng: np.random.Generator, demos: TransitionBuffer, n: int, balanced: bool = True) -> Batch:
+        """A batch of `n` from the demos and the fleet's human-driven chunks, every stored transition of the two
+        equally likely: the aggregate HG-DAgger clones (D ∪ D_human), whatever the RL batch's mix is."""
+        with self._lock:
+            frac = len(self.human) / max(len(demos) + len(self.human), 1)
+            return mixed_batch(rng, demos, self.human, n, frac, balanced=balanced)
 
     def snapshot(self) -> list[FleetEpisode]:
         with self._lock:

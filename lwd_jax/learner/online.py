@@ -109,10 +109,13 @@ def run_online(
     learner: Learner,
     update: UpdateFn,
     total_steps: int,
+    expert: TransitionBuffer | None = None,
 ) -> tuple[Any, OnlineReport]:
     """Trains with `update` from `state.step` to `total_steps` while the fleet runs (the learner loop's
     "online" phase); returns the final state and the report. The phase also ends at `online.duration_s`
-    and when `learner.stop` is set (SIGTERM): last checkpoint and policy written, fleet store flushed."""
+    and when `learner.stop` is set (SIGTERM): last checkpoint and policy written, fleet store flushed.
+    `expert`: the data BC pretraining cloned; with agent.base_bc_data = "expert" every update also gets a
+    batch of it and of the fleet's human-driven chunks (batch["bc"]), which the base flow clones."""
     oc = cfg.online
     check_serving(oc)
     root = os.path.join(cfg.workdir, "fleet")
@@ -122,6 +125,9 @@ def run_online(
     # HG-DAgger: the fleet runs the BC flow, the learner keeps only human-driven chunks and retrains by BC.
     hg_dagger = cfg.online_learner == "hg_dagger"
     kind = "base" if hg_dagger else "policy"
+    expert_bc = not hg_dagger and cfg.agent.base_bc_data == "expert"  # (the agent checked its base is trained)
+    if expert_bc and expert is None:
+        raise ValueError("run_online: agent.base_bc_data='expert' needs the expert buffer (BC pretraining's data)")
     store = FleetStore(os.path.join(root, "rlds"), chunk_len=cfg.agent.action_horizon, n_chunks=n_online,
                        gamma=cfg.data.gamma, task_ids=task_ids, table=table, capacity=cfg.data.online_capacity,
                        keep="human" if hg_dagger else "all")
@@ -186,7 +192,12 @@ def run_online(
         rng = np.random.default_rng([cfg.seed, at, 1])
         cols = store.sample(rng, offline, cfg.batch_size * u, online_fraction(cfg, len(offline), store.num_transitions()),
                             cfg.data.task_balanced)
-        return batching.stack(batching.agent_batch(cols, stats, table), u)
+        out = batching.agent_batch(cols, stats, table)
+        if expert_bc:
+            bc = batching.agent_batch(store.sample_expert(rng, expert, cfg.batch_size * u, cfg.data.task_balanced),
+                                      stats, table)
+            out["bc"] = {k: bc[k] for k in ("observations", "actions", "action_valid")}
+        return batching.stack(out, u)
 
     def after_update(st: Any, at: int) -> None:
         if at % oc.publish_every < u or at >= total_steps or finishing():
