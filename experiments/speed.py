@@ -18,7 +18,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import bench_bridge as bench_bridge_probe
 from experiments import bench_ingest as ingest
 from experiments import benchmark
 from experiments.configs.benchmark import get_config as benchmark_config
@@ -38,11 +41,12 @@ from lwd_jax.data.rlds_reader import RLDSReader
 from lwd_jax.data.rlds_writer import RLDSWriter
 from lwd_jax.fake import random_batches, random_obs
 from lwd_jax.learner.auth import TokenAuth
+from lwd_jax.learner.local_fleet import ROBOT_ENV
 from lwd_jax.learner.service import FleetServicer, PolicyStore, serve
 from lwd_jax.policy import encode_policy
 from robot_bridge.client import LearnerClient
 
-PARTS = ("matmul", "update", "update_gpu", "methods", "inference", "ingest", "push", "store")
+PARTS = ("matmul", "update", "update_gpu", "methods", "inference", "bridge", "ingest", "push", "store")
 
 
 def _timeit(fn: Callable[[], Any], repeats: int) -> float:
@@ -191,6 +195,20 @@ def bench_inference(repeats: int) -> dict[str, float]:
     return out
 
 
+def bench_bridge(chunks: int) -> dict[str, float]:
+    """The daemon process's RSS and per-chunk policy latency, in a process of its own on one CPU with the
+    robots' environment (one XLA thread): experiments/bench_bridge.py."""
+    path = os.path.join(tempfile.mkdtemp(prefix="lwd-bench-bridge-"), "policy.blob")
+    with open(path, "wb") as f:
+        f.write(bench_bridge_probe.toy_policy_blob())
+    out = subprocess.run([sys.executable, "-m", "experiments.bench_bridge", "--chunks", str(chunks), "--blob", path],
+                         capture_output=True, text=True, env={**os.environ, **ROBOT_ENV}, check=False,
+                         preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}))
+    if out.returncode != 0:
+        raise RuntimeError(f"bench bridge: exit {out.returncode}: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def bench_ingest(quick: bool) -> dict[str, Any]:
     out = {}
     for m in (4,) if quick else (4, 16):
@@ -300,6 +318,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         doc["methods"] = bench_methods(args.quick, repeats)
     if "inference" in parts:
         doc["inference"] = bench_inference(repeats)
+    if "bridge" in parts:
+        doc["bridge"] = bench_bridge(50 if args.quick else 500)
     if "ingest" in parts:
         doc["ingest"] = bench_ingest(args.quick)
     if "push" in parts:

@@ -22,7 +22,7 @@ import numpy as np
 
 from lwd_jax.agent import LWDAgent
 from lwd_jax.data.normalize import NormStats
-from lwd_jax.nets.language import get_default_encoder
+from lwd_jax.nets.language import LanguageModelNotFoundError, get_default_encoder
 
 _MAGIC = b"LWDPOL1\0"
 # The fine-tuned policy, the BC (SFT) flow it started from, or the best of agent.qam.best_of_n BC samples by
@@ -30,19 +30,29 @@ _MAGIC = b"LWDPOL1\0"
 KINDS = ("policy", "base", "best_of_n")
 
 
-def encode_policy(agent_cfg: ml_collections.ConfigDict, params: Any, stats: NormStats, version: int, kind: str) -> bytes:
-    """One self-describing blob: magic, JSON header length, JSON header, msgpack params."""
+def encode_policy(agent_cfg: ml_collections.ConfigDict, params: Any, stats: NormStats, version: int, kind: str,
+                  instructions: Mapping[str, np.ndarray] | None = None) -> bytes:
+    """One self-describing blob: magic, JSON header length, JSON header, msgpack body.
+
+    `instructions` ({wording: embedding}): the frozen text encoder's vectors of the wordings the fleet's robots
+    give, carried in the blob so a robot never loads the encoder (a few hundred MB of RAM and the model
+    package): the bridge install has no text encoder at all. Without them the body is the params alone."""
     if kind not in KINDS:
         raise ValueError(f"policy: kind expected one of {KINDS}, got {kind!r}")
-    header = json.dumps(
-        {"agent_config": agent_cfg.to_json(), "stats": stats.to_json(), "version": int(version), "kind": kind}
-    ).encode()
-    body = flax.serialization.msgpack_serialize(jax.tree.map(np.asarray, params))
-    return _MAGIC + struct.pack("<Q", len(header)) + header + body
+    texts = sorted(instructions or {})
+    head: dict[str, Any] = {"agent_config": agent_cfg.to_json(), "stats": stats.to_json(), "version": int(version),
+                            "kind": kind}
+    tree: Any = jax.tree.map(np.asarray, params)
+    if texts:
+        head["instructions"] = texts
+        tree = {"params": tree, "lang": np.stack([np.asarray(instructions[t], np.float32) for t in texts])}
+    header = json.dumps(head).encode()
+    return _MAGIC + struct.pack("<Q", len(header)) + header + flax.serialization.msgpack_serialize(tree)
 
 
-def decode_policy(blob: bytes) -> tuple[dict[str, Any], Any]:
-    """Inverse of `encode_policy`; raises ValueError naming what is wrong with a bad blob."""
+def decode_policy(blob: bytes) -> tuple[dict[str, Any], Any, dict[str, np.ndarray]]:
+    """Inverse of `encode_policy`: (header, params, {wording: embedding}); raises ValueError naming what is
+    wrong with a bad blob."""
     if not blob.startswith(_MAGIC):
         raise ValueError("policy blob: bad magic (not an lwd-jax policy, or a truncated download)")
     (n,) = struct.unpack("<Q", blob[len(_MAGIC) : len(_MAGIC) + 8])
@@ -50,15 +60,21 @@ def decode_policy(blob: bytes) -> tuple[dict[str, Any], Any]:
     if start + n > len(blob):
         raise ValueError(f"policy blob: header of {n} bytes runs past the blob's {len(blob)} bytes (truncated)")
     header = json.loads(blob[start : start + n])
-    params = flax.serialization.msgpack_restore(blob[start + n :])
-    return header, params
+    body = flax.serialization.msgpack_restore(blob[start + n :])
+    texts = header.get("instructions", [])
+    if not texts:
+        return header, body, {}
+    lang = np.asarray(body["lang"], np.float32)
+    if lang.shape[0] != len(texts):
+        raise ValueError(f"policy blob: {len(texts)} instructions in the header but {lang.shape[0]} embeddings")
+    return header, body["params"], dict(zip(texts, lang, strict=True))
 
 
 class Policy:
     """Raw obs + instruction -> raw action chunk [H, A]; `act_batch` for many robots/episodes at once."""
 
     def __init__(self, blob: bytes, seed: int = 0, encoder: Any = None):
-        header, params = decode_policy(blob)
+        header, params, table = decode_policy(blob)
         self.version = int(header["version"])
         self.kind = header["kind"]
         self.agent_cfg = ml_collections.ConfigDict(json.loads(header["agent_config"]))
@@ -66,7 +82,7 @@ class Policy:
         self.params = jax.tree.map(jax.numpy.asarray, params)
         self.agent = LWDAgent(self.agent_cfg, mesh=None)
         self._encoder = encoder
-        self._lang: dict[str, np.ndarray] = {}
+        self._lang: dict[str, np.ndarray] = dict(table)  # the blob's wordings: no encoder needed for them
         self._rng = jax.random.PRNGKey(seed)
         self.last_latency_s = 0.0
 
@@ -87,7 +103,14 @@ class Policy:
         missing = sorted({s for s in instructions if s not in self._lang})
         if missing:
             if self._encoder is None:
-                self._encoder = get_default_encoder()
+                try:
+                    self._encoder = get_default_encoder()
+                except (LanguageModelNotFoundError, ImportError) as e:
+                    raise ValueError(
+                        f"policy: instruction(s) {missing} are not among the {len(self._lang)} wordings the policy "
+                        f"blob carries, and this machine has no text encoder to embed them ({type(e).__name__}: "
+                        f"{e}). Give the learner the robot's wordings (its tasks), or install the learner extra."
+                    ) from None
             for s, e in zip(missing, self._encoder.encode(missing), strict=True):
                 self._lang[s] = np.asarray(e, np.float32)
         return np.stack([self._lang[s] for s in instructions])

@@ -196,7 +196,8 @@ def test_export_blob_matches_checkpoint(tiny_run):
     workdir, state = tiny_run
     for kind in ("policy", "base"):
         out = export_policy(workdir, kind)
-        header, params = decode_policy(out.blob)
+        header, params, lang = decode_policy(out.blob)
+        assert lang and all(v.shape == (384,) for v in lang.values())  # a bridge robot needs no text encoder
         assert (out.step, out.version, out.phase, header["kind"], header["version"]) == (4, 3, "offline", kind, 3)
         want = jax.tree.leaves(policy_params(state, kind))
         assert len(jax.tree.leaves(params)) == len(want)

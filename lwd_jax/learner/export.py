@@ -21,8 +21,9 @@ from fleet_api import schema
 from lwd_jax.agent import LWDAgent, policy_params
 from lwd_jax.data.normalize import NormStats
 from lwd_jax.learner.checkpoint import Checkpointer
-from lwd_jax.nets.language import BertConfig, default_model_dir
+from lwd_jax.nets.language import BertConfig, default_model_dir, get_default_encoder
 from lwd_jax.policy import KINDS, encode_policy
+from lwd_jax.sim.tasks import TASKS, get_task, task_names
 
 CHECKPOINT_DIR = "checkpoints"  # under a run's workdir (experiments/train.py)
 STATS_FILE = "norm_stats.json"  # under a run's workdir: NormStats.to_json()
@@ -60,6 +61,13 @@ def example_obs(agent_cfg: ml_collections.ConfigDict, n: int = 1) -> dict[str, n
     if agent_cfg.use_image:
         obs["image"] = np.zeros((n, *schema.IMAGE_SHAPE), np.uint8)
     return obs
+
+
+def run_wordings(cfg: ml_collections.ConfigDict) -> list[str]:
+    """The registered wordings of the run's tasks: embedded into the blob, so a robot with the bridge install
+    (no text encoder) can act with an exported policy too."""
+    names = task_names() if cfg.get("tasks", "all") == "all" else [t.strip() for t in str(cfg.tasks).split(",")]
+    return [w for t in names if t in TASKS for w in get_task(t).instructions]
 
 
 def load_stats(path: str) -> NormStats:
@@ -134,7 +142,9 @@ def export_policy(workdir: str, kind: str = "policy", step: int | None = None,
         ckpt.close()
     params = jax.device_get(policy_params(state, kind))
     version = int(meta.get("version", 0))
-    blob = encode_policy(cfg.agent, params, stats, version=version, kind=kind)
+    wordings = run_wordings(cfg)
+    lang = dict(zip(wordings, get_default_encoder().encode(wordings), strict=True)) if wordings else None
+    blob = encode_policy(cfg.agent, params, stats, version=version, kind=kind, instructions=lang)
     return ExportedPolicy(blob, kind, step, version, str(meta.get("phase", "")), directory)
 
 

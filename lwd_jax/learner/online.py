@@ -120,7 +120,9 @@ def run_online(
     check_serving(oc)
     root = os.path.join(cfg.workdir, "fleet")
     # Every registered wording, in one batch, so the servicer's thread never has to embed one.
-    table.ids([w for t in tasks for w in get_task(t).instructions])
+    wordings = [w for t in tasks for w in get_task(t).instructions]
+    table.ids(wordings)
+    lang = dict(zip(wordings, table.embed(wordings), strict=True))  # in every blob: robots need no text encoder
     n_online = {t: cfg.data.n_chunks_online for t in task_ids}
     # HG-DAgger: the fleet runs the BC flow, the learner keeps only human-driven chunks and retrains by BC.
     hg_dagger = cfg.online_learner == "hg_dagger"
@@ -163,7 +165,7 @@ def run_online(
     def publish(st: Any) -> None:
         version = int(st.step)
         params = jax.device_get(policy_params(st, kind))
-        policies.publish(version, encode_policy(cfg.agent, params, stats, version=version, kind=kind))
+        policies.publish(version, encode_policy(cfg.agent, params, stats, version=version, kind=kind, instructions=lang))
         versions.append(version)
 
     step = int(state.step)
