@@ -28,6 +28,7 @@ from lwd_jax import sharding as shd
 from lwd_jax.agent import LWDAgent
 from lwd_jax.data import batching
 from lwd_jax.data.replay import TransitionBuffer, mixed_batch
+from lwd_jax.data.rlds_keymap import load_key_map_file
 from lwd_jax.data.rlds_reader import RLDSReader
 from lwd_jax.learner import eval_report, plots
 from lwd_jax.learner.checkpoint import Checkpointer, init_from_pretrained
@@ -105,7 +106,8 @@ def load_offline(
     n_chunks = {
         t: cfg.data.n_chunks_offline_long if get_task(t).is_long else cfg.data.n_chunks_offline_short for t in task_ids
     }
-    reader = RLDSReader(cfg.data.offline_dir)
+    key_map, defaults = load_key_map_file(cfg.data.key_map_file) if cfg.data.key_map_file else (None, None)
+    reader = RLDSReader(cfg.data.offline_dir, key_map=key_map, defaults=defaults)
     cols = reader.load_transitions(
         chunk_len=cfg.agent.action_horizon, n_chunks=n_chunks, gamma=cfg.data.gamma, task_ids=task_ids, stride=cfg.data.stride
     )
@@ -155,7 +157,7 @@ def data_settings(cfg: ml_collections.ConfigDict) -> tuple:
     """Every setting `load_data` reads: two configs with equal settings can share one `OfflineData`."""
     d = cfg.data
     return (d.offline_dir, cfg.tasks, d.n_chunks_offline_long, d.n_chunks_offline_short, d.gamma, d.stride,
-            cfg.agent.action_horizon, d.pretrain_data)
+            cfg.agent.action_horizon, d.pretrain_data, d.key_map_file)
 
 
 def load_data(cfg: ml_collections.ConfigDict, tasks: list[str]) -> OfflineData:

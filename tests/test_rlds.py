@@ -19,6 +19,7 @@ from fleet_api.schema import PROPRIO_DIM, SchemaError
 from fleet_api.wire import episode_digest
 from lwd_jax.data import rlds_format
 from lwd_jax.data.rlds_errors import RLDSReadError
+from lwd_jax.data.rlds_keymap import load_key_map_file
 from lwd_jax.data.rlds_reader import RLDSReader, read_episodes
 from lwd_jax.data.rlds_writer import ORPHAN_SUFFIX, RLDSWriter, write_episodes
 from lwd_jax.data.transitions import chunk_transitions
@@ -28,6 +29,8 @@ NUM_EPISODES = 6
 EPISODES_PER_SHARD = 2
 BAD_SHARD, BAD_RECORD = 1, 1
 BAD_INDEX = BAD_SHARD * EPISODES_PER_SHARD + BAD_RECORD  # episode #3
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -481,3 +484,41 @@ def test_unknown_task_and_missing_dataset_are_named(dataset, tmp_path):
         RLDSReader(tmp_path / "nothing_here")
     info = json.load(open(os.path.join(dataset, "dataset_info.json")))
     assert info["splits"][0]["shardLengths"] == [str(EPISODES_PER_SHARD)] * (NUM_EPISODES // EPISODES_PER_SHARD)
+
+
+def test_shipped_rt1_key_map_file_reads_the_fractal_layout_exactly(tmp_path):
+    """experiments/keymaps/rt1_fractal.toml (what `data.key_map_file` names) on the fractal-style dataset:
+    every value where the map says, padding where our widths are larger, the file's defaults filled in."""
+    builder = FractalStyleRlds(data_dir=str(tmp_path))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP))
+    key_map, defaults = load_key_map_file(os.path.join(REPO_ROOT, "experiments", "keymaps", "rt1_fractal.toml"))
+    eps = sorted(RLDSReader(builder.data_dir, key_map=key_map, defaults=defaults).episodes(), key=lambda e: e.num_steps)
+    source = {i: next(iter(x for x in FractalStyleRlds._generate_examples(builder) if x[0] == f"ep{i}"))[1]["steps"]
+              for i in range(3)}
+    for i, ep in enumerate(eps):
+        steps = source[i]
+        np.testing.assert_array_equal(ep.observation["state"][:, :7], steps["observation"]["base_pose_tool_reached"])
+        np.testing.assert_array_equal(ep.observation["state"][:, 7:], 0)
+        assert ep.observation["state_mask"][:, :7].all() and not ep.observation["state_mask"][:, 7:].any()
+        np.testing.assert_array_equal(ep.observation["proprio"], 0)
+        want = np.concatenate([steps["action"]["world_vector"], steps["action"]["gripper_closedness_action"]], axis=1)
+        np.testing.assert_array_equal(ep.action[:, :4], want[:-1])  # the last step's action has no next observation
+        np.testing.assert_array_equal(ep.action[:, 4:], 0)
+        assert (ep.task, ep.robot_id, ep.language_instruction) == ("pick-coke", "rt1-fractal", "pick coke can")
+
+
+@pytest.mark.parametrize("text, match", [
+    ("[map]\nstate = 3\n", r"\[map\] 'state' expected a path"),
+    ("[map]\nstat = 'x'\n", r"\[map\] 'stat' is not one of our fields"),
+    ("[map]\nreward = ['a', 'b']\n", r"'reward' takes one path"),
+    ("[map]\naction = ''\n", "action must name"),
+    ("[defaults]\nstate = 'x'\n", r"\[defaults\] \['state'\]"),
+    ("[mapping]\n", "unknown table"),
+    ("[map\n", "not valid TOML"),
+])
+def test_key_map_file_errors_name_the_file_and_key(tmp_path, text, match):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match) as e:
+        load_key_map_file(str(path))
+    assert "bad.toml" in str(e.value)

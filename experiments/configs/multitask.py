@@ -78,6 +78,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.offline_dir = "data/offline"
+    # Another lab's RLDS layout: a TOML key map (lwd_jax/data/rlds_keymap.py: load_key_map_file; an example for
+    # an RT-1-style Open X-Embodiment layout in experiments/keymaps/rt1_fractal.toml). "": our own layout.
+    c.data.key_map_file = ""
     # What BC pretraining clones: "all" episodes of the offline mix, or only the "demos" (the SFT baseline;
     # HG-DAgger aggregates the fleet's human chunks with the same demos).
     c.data.pretrain_data = "all"

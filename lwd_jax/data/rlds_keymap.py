@@ -30,6 +30,7 @@ RLDSReadError naming the dataset and the field.
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -114,6 +115,55 @@ class ResolvedMap:
             if any(s.path == source_path for s in sources):
                 return field
         return None
+
+
+def load_key_map_file(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A key map as a TOML file -> (key_map, defaults) for `RLDSReader`. Why a file: pointing the learner at
+    another lab's dataset is then a config value (`data.key_map_file`), not code. Layout:
+
+        [map]                  # our field = "source/path" | ["a", "b"] (concatenated) | "" (fill in)
+        state = "observation/base_pose_tool_reached"
+        action = ["action/world_vector", "action/gripper_closedness_action"]
+        language_instruction = "steps/observation/natural_language_instruction"
+        proprio = ""
+        [defaults]             # per-episode values the dataset lacks
+        task = "pick-coke"
+
+    Errors name the file and the key: an unknown table or field, a value that is neither a path nor a list
+    of paths, a default for a field that is not per-episode. Paths are checked against the dataset later,
+    by `resolve_key_map` (before any record is read)."""
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as e:
+        raise ValueError(f"key map file {path!r}: cannot read it: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"key map file {path!r}: not valid TOML: {e}") from None
+    unknown = sorted(set(doc) - {"map", "defaults"})
+    if unknown:
+        raise ValueError(f"key map file {path!r}: unknown table(s) {unknown}; expected [map] and [defaults]")
+    key_map: dict[str, Any] = {}
+    for field, value in doc.get("map", {}).items():
+        if field not in _STEP_FIELDS and field not in _SCALAR_FIELDS:
+            raise ValueError(f"key map file {path!r}: [map] {field!r} is not one of our fields "
+                             f"{sorted({*_STEP_FIELDS, *_SCALAR_FIELDS})}")
+        if isinstance(value, str):
+            key_map[field] = value or None
+        elif isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+            if field not in VECTOR_FIELDS:
+                raise ValueError(f"key map file {path!r}: [map] {field!r} takes one path, not a list "
+                                 f"(only {list(VECTOR_FIELDS)} concatenate)")
+            key_map[field] = list(value)
+        else:
+            raise ValueError(f"key map file {path!r}: [map] {field!r} expected a path, a list of paths or \"\" "
+                             f"(fill in), got {value!r}")
+    defaults = dict(doc.get("defaults", {}))
+    bad = sorted(set(defaults) - set(_SCALAR_FIELDS))
+    if bad:
+        raise ValueError(f"key map file {path!r}: [defaults] {bad} are not per-episode fields {sorted(_SCALAR_FIELDS)}")
+    if "action" in key_map and key_map["action"] is None:
+        raise ValueError(f"key map file {path!r}: [map] action must name the source's action (it cannot be filled in)")
+    return key_map, defaults
 
 
 def episode_field(field: str) -> str:
