@@ -23,9 +23,9 @@ import numpy as np
 
 import robot_bridge.daemon  # noqa: F401  (what the daemon process holds in memory)
 from experiments.configs.multitask import get_config
-from fleet_api.schema import PROPRIO_DIM, STATE_DIM
 from lwd_jax.agent import LWDAgent, policy_params
 from lwd_jax.data.normalize import compute_stats
+from lwd_jax.fake import random_obs
 from lwd_jax.policy import Policy, encode_policy
 from robot_bridge import toy_robot
 
@@ -45,17 +45,16 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux
 
 
-def toy_policy_blob() -> bytes:
-    """The default-size policy (random init) with the toy robot's wordings embedded (random 384-d vectors)."""
-    cfg = get_config("").agent
-    agent = LWDAgent(cfg, mesh=None)
+def toy_policy_blob(variant: str = "", version: int = 1, with_instructions: bool = True) -> bytes:
+    """A policy of the `variant` size (random init) with the toy robot's wordings embedded (random 384-d vectors
+    standing in for the text encoder's), or without them (an old-style blob)."""
+    cfg = get_config(variant).agent
     rng = np.random.default_rng(0)
-    example = {"state": np.zeros((2, STATE_DIM), np.float32), "state_mask": np.ones((2, STATE_DIM), bool),
-               "proprio": np.zeros((2, PROPRIO_DIM), np.float32), "lang": np.zeros((2, 384), np.float32)}
-    stats = compute_stats({"state": rng.normal(size=(64, STATE_DIM)).astype(np.float32),
-                           "proprio": rng.normal(size=(64, PROPRIO_DIM)).astype(np.float32)})
-    lang = {w: rng.normal(size=384).astype(np.float32) for w in toy_robot.INSTRUCTIONS}
-    return encode_policy(cfg, policy_params(agent.init(0, example), "policy"), stats, 1, "policy", instructions=lang)
+    obs = random_obs(rng, 64)
+    stats = compute_stats({"state": obs["state"], "proprio": obs["proprio"]})
+    lang = {w: rng.normal(size=384).astype(np.float32) for w in toy_robot.INSTRUCTIONS} if with_instructions else None
+    params = policy_params(LWDAgent(cfg, mesh=None).init(0, random_obs(rng, 2)), "policy")
+    return encode_policy(cfg, params, stats, version, "policy", instructions=lang)
 
 
 def run(blob_path: str, chunks: int) -> dict[str, float]:

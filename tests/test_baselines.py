@@ -268,3 +268,14 @@ def test_online_mix_fixed_or_proportional():
     cfg.data.online_mix = "weighted"
     with pytest.raises(ValueError, match="config.data.online_mix"):
         check_config(cfg)
+
+
+def test_instruction_table_embeds_wordings_it_has_not_seen():
+    """Regression: `embed` indexed the table before `ids` had grown it, so a first-seen wording raised
+    IndexError (the online stage embeds every task wording at once)."""
+    from lwd_jax.data.batching import InstructionTable
+
+    table = InstructionTable(lambda texts: np.array([[float(len(t)), 1.0] for t in texts], np.float32), 2)
+    np.testing.assert_array_equal(table.embed(["ab", "abcd"]), [[2, 1], [4, 1]])
+    np.testing.assert_array_equal(table.embed(["abcd", "xyz", "ab"]), [[4, 1], [3, 1], [2, 1]])
+    assert len(table) == 3

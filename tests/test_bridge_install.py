@@ -16,17 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments.configs.multitask import get_config
-from fleet_api.schema import PROPRIO_DIM, STATE_DIM
-from lwd_jax.agent import LWDAgent, policy_params
+from experiments.bench_bridge import toy_policy_blob
 from lwd_jax.data.batching import InstructionTable
-from lwd_jax.data.normalize import compute_stats
 from lwd_jax.data.rlds_reader import read_episodes
 from lwd_jax.learner.auth import TokenAuth
 from lwd_jax.learner.fleet_store import FleetStore
 from lwd_jax.learner.local_fleet import ROBOT_ENV, write_robot_config
 from lwd_jax.learner.service import FleetServicer, PolicyStore, serve
-from lwd_jax.policy import Policy, decode_policy, encode_policy
+from lwd_jax.policy import Policy, decode_policy
 from robot_bridge import toy_robot
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,18 +32,9 @@ SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "fleet_api", "lwd_jax", "
 
 
 def toy_blob(version: int, with_instructions: bool = True) -> bytes:
-    """A smoke-sized policy whose blob carries the toy robot's wordings (random 384-d vectors stand in for
-    the text encoder's: the robot must use these, never embed anything itself)."""
-    cfg = get_config("smoke").agent
-    agent = LWDAgent(cfg, mesh=None)
-    rng = np.random.default_rng(0)
-    example = {"state": np.zeros((2, STATE_DIM), np.float32), "state_mask": np.ones((2, STATE_DIM), bool),
-               "proprio": np.zeros((2, PROPRIO_DIM), np.float32), "lang": np.zeros((2, 384), np.float32)}
-    state = agent.init(0, example)
-    stats = compute_stats({"state": rng.normal(size=(64, STATE_DIM)).astype(np.float32),
-                           "proprio": rng.normal(size=(64, PROPRIO_DIM)).astype(np.float32)})
-    lang = {w: rng.normal(size=384).astype(np.float32) for w in toy_robot.INSTRUCTIONS} if with_instructions else None
-    return encode_policy(cfg, policy_params(state, "policy"), stats, version=version, kind="policy", instructions=lang)
+    """A smoke-sized policy whose blob carries the toy robot's wordings (random vectors stand in for the text
+    encoder's: the robot must use these, never embed anything itself)."""
+    return toy_policy_blob("smoke", version, with_instructions)
 
 
 def test_blob_carries_instruction_embeddings_and_a_missing_one_is_named():

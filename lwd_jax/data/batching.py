@@ -63,7 +63,8 @@ class InstructionTable:
         return np.array([self._ids[t] for t in texts], np.int32)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        return self.table[self.ids(texts)]
+        ids = self.ids(texts)  # first: it may grow the table (`self.table[self.ids(...)]` would index the old one)
+        return self.table[ids]
 
 
 def buffer_columns(transitions: Mapping[str, np.ndarray], table: InstructionTable) -> dict[str, np.ndarray]:

@@ -119,10 +119,10 @@ def run_online(
     oc = cfg.online
     check_serving(oc)
     root = os.path.join(cfg.workdir, "fleet")
-    # Every registered wording, in one batch, so the servicer's thread never has to embed one.
+    # Every registered wording, embedded in one batch (so the servicer's thread never has to embed one), and
+    # carried in every blob (so robots need no text encoder).
     wordings = [w for t in tasks for w in get_task(t).instructions]
-    table.ids(wordings)
-    lang = dict(zip(wordings, table.embed(wordings), strict=True))  # in every blob: robots need no text encoder
+    lang = dict(zip(wordings, table.embed(wordings), strict=True))
     n_online = {t: cfg.data.n_chunks_online for t in task_ids}
     # HG-DAgger: the fleet runs the BC flow, the learner keeps only human-driven chunks and retrains by BC.
     hg_dagger = cfg.online_learner == "hg_dagger"
