@@ -38,21 +38,24 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-# The default offline RLDS dataset (expert demos, noisy/failed rollouts, exploration) for every task.
+# The offline RLDS dataset of the main job, the method benchmark and `serve`: the 5x mix (data.py:large: 50 expert
+# demos, 40 noisy/failed rollouts, 30 exploration and 10 corrected episodes per task) for every task, ~6 min on
+# 2 cores. (data.py without :large is the 10-demo mix: BC on it left a 0.15 policy with no room to show RL.)
+OFFLINE := $(DATA_DIR)/offline_large
 data: install
-	@if [ -f $(DATA_DIR)/offline/.complete ]; then echo "data: $(DATA_DIR)/offline exists (make clean-data to redo)"; \
-	else $(PY) -m lwd_jax.sim.generate --config=$(DATA_CONFIG) --config.out_dir=$(DATA_DIR)/offline; fi
+	@if [ -f $(OFFLINE)/.complete ]; then echo "data: $(OFFLINE) exists (make clean-data to redo)"; \
+	else $(PY) -m lwd_jax.sim.generate --config=$(DATA_CONFIG):large --config.out_dir=$(OFFLINE); fi
 
 test: install
 	XLA_PYTHON_CLIENT_PREALLOCATE=false TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q $(PYTEST_ARGS)
 
-# The whole flywheel: BC pretrain, offline DIVL + QAM, then the learner service plus bridge daemons (one process
-# per simulated robot) on loopback for the online budget; ends with the per-task table and the PNG plot in
-# runs/$(EXP)/. EXP is a config under experiments/configs/ or a task name (the same loop on that one task).
+# The whole flywheel: BC pretrain (SFT), offline LWD, then the learner service plus bridge daemons (one process
+# per simulated robot) on loopback for the online budget; ends with the per-task table, the paired tests and the
+# PNG plot in runs/$(EXP)/. EXP is a config under experiments/configs/ or a task name (the same loop on that task).
 train: data
 	@if [ -f experiments/configs/$(EXP).py ]; then cfg="experiments/configs/$(EXP).py"; extra=""; \
 	else cfg="experiments/configs/multitask.py"; extra="--config.tasks=$(EXP) --config.workdir=runs/$(EXP)"; fi; \
-	MUJOCO_GL=disable $(PY) -m experiments.train --config=$$cfg $$extra --config.data.offline_dir=$(DATA_DIR)/offline $(TRAIN_ARGS)
+	MUJOCO_GL=disable $(PY) -m experiments.train --config=$$cfg $$extra --config.data.offline_dir=$(OFFLINE) $(TRAIN_ARGS)
 
 # Per-task evaluation of a trained run's latest checkpoint in the simulator: success [95% CI], step-wise score
 # [95% CI], cycle time (steps and seconds), intervention rate with --config.teleop=True. TASK is a task name or
@@ -71,10 +74,8 @@ eval: install
 # on the CPU budget of experiments/configs/benchmark.py; tables and plots in results/benchmark/. Resumes.
 # Its offline data is the 5x dataset (data.py:large, ~6 min to generate on 2 cores): 50 demos per task.
 BENCH_ARGS ?=
-benchmark: install
-	@if [ -f $(DATA_DIR)/offline_large/.complete ]; then echo "data: $(DATA_DIR)/offline_large exists"; \
-	else $(PY) -m lwd_jax.sim.generate --config=$(DATA_CONFIG):large --config.out_dir=$(DATA_DIR)/offline_large; fi
-	MUJOCO_GL=disable $(PY) -m experiments.benchmark --config=experiments/configs/benchmark.py --config.offline_dir=$(DATA_DIR)/offline_large $(BENCH_ARGS)
+benchmark: data
+	MUJOCO_GL=disable $(PY) -m experiments.benchmark --config=experiments/configs/benchmark.py --config.offline_dir=$(OFFLINE) $(BENCH_ARGS)
 
 # The flywheel study (experiments/configs/flywheel.py): SFT -> LWD offline -> LWD online on 4 tasks with
 # headroom, 3 seeds, paired tests on shared test scenes; tables and learning curves in results/flywheel/.
@@ -92,7 +93,7 @@ flywheel: install
 #   make serve SERVE_ARGS="--config.online.tokens_file=fleet/tokens.json --config.online.tls_cert=... --config.online.tls_key=..."
 SERVE_ARGS ?=
 serve: data
-	MUJOCO_GL=disable $(PY) -m experiments.serve --config=experiments/configs/serve.py --config.data.offline_dir=$(DATA_DIR)/offline $(SERVE_ARGS)
+	MUJOCO_GL=disable $(PY) -m experiments.serve --config=experiments/configs/serve.py --config.data.offline_dir=$(OFFLINE) $(SERVE_ARGS)
 
 # Speed and memory goals live here, as JSON, never in timed tests.
 bench: install

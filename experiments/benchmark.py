@@ -84,7 +84,7 @@ def parse_extra(extra: str) -> dict[str, Any]:
 def run_config(bcfg: ml_collections.ConfigDict, seed: int, method: str) -> ml_collections.ConfigDict:
     """The experiments/configs/multitask.py config of one (seed, method) run."""
 
-    cfg = get_config()
+    cfg = get_config("suite")  # every method on the suite base, then BASE and the method overrides
     flat = dict(bench_cfg.overrides(bcfg.variant))
     if method != SFT:
         flat.update(bench_cfg.METHODS[method])

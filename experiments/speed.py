@@ -176,7 +176,7 @@ def bench_methods(quick: bool, repeats: int) -> dict[str, Any]:
 def bench_inference(repeats: int) -> dict[str, float]:
     """Acting latency of the default policy: one robot (batch 1) and a batch of 64."""
 
-    agent = LWDAgent(get_config("").agent)
+    agent = LWDAgent(get_config("suite").agent)
     state = agent.init(0, random_obs(np.random.default_rng(0), 2))
     out = {}
     for b in (1, 64):
@@ -252,7 +252,7 @@ def bench_store(appends: int, window: int, durable: bool) -> dict[str, Any]:
 def bench_push(num_robots: int, repeats: int) -> dict[str, Any]:
     """Publish a default-size policy blob, then N robots fetch it concurrently (checksums verified)."""
 
-    cfg = get_config("")
+    cfg = get_config("suite")
     agent = LWDAgent(cfg.agent)
     obs = random_obs(np.random.default_rng(0), 8)
     state = agent.init(0, obs)
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         doc["matmul"] = bench_matmul(repeats)
         roof = doc["matmul"]["roof_gflops"]
     if "update" in parts:
-        doc["update_default"] = bench_update("smoke" if args.quick else "", 16 if args.quick else 256, 2 if args.quick else 10, repeats, roof)
+        doc["update_default"] = bench_update("smoke" if args.quick else "suite", 16 if args.quick else 256, 2 if args.quick else 10, repeats, roof)
     if "update_gpu" in parts:
         doc["update_gpu_config"] = bench_update("gpu", 256, 2, 2 if args.quick else 3, roof)
     if "methods" in parts:
