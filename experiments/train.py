@@ -304,8 +304,11 @@ def run(cfg: ml_collections.ConfigDict, data: OfflineData | None = None, stop: t
         plots.success_vs_fleet_episodes(
             report.fleet_episodes, os.path.join(cfg.workdir, "success_vs_fleet_episodes.png"),
             autonomous=set(report.autonomous_robots), window=3 * len(tasks),
-            evals={**({"offline": (0, results["offline"])} if "offline" in results else {}),
+            evals={**({"pretrain (SFT)": (0, results["pretrain"])} if "pretrain" in results else {}),
+                   **({"offline": (0, results["offline"])} if "offline" in results else {}),
                    "online": (len(report.fleet_episodes), results["online"])},
+            curve=[(e["meta"]["fleet_episodes"], e["summary"]) for e in evals.progress_evals("online")
+                   if "fleet_episodes" in e.get("meta", {})],
             title=f"{cfg.workdir}: fleet success (robots without a human attendant)",
         )
     with open(os.path.join(cfg.workdir, "results.json"), "w") as f:

@@ -279,3 +279,33 @@ def test_instruction_table_embeds_wordings_it_has_not_seen():
     np.testing.assert_array_equal(table.embed(["ab", "abcd"]), [[2, 1], [4, 1]])
     np.testing.assert_array_equal(table.embed(["abcd", "xyz", "ab"]), [[4, 1], [3, 1], [2, 1]])
     assert len(table) == 3
+
+
+def test_fleet_log_is_bounded_in_ram_and_whole_on_disk_across_a_restart(tmp_path):
+    """Issue 16: RAM keeps the last `recent` fleet-log records and running counts; the whole log is a file
+    rewritten from the dataset at every start, so a restart neither loses nor doubles a record."""
+    from lwd_jax.data.batching import InstructionTable
+    from lwd_jax.learner.fleet_store import FleetStore
+    from tests.rlds_fixtures import make_episode
+
+    table = InstructionTable(lambda texts: np.ones((len(texts), 4), np.float32), 4)
+    kw = dict(chunk_len=3, n_chunks=1, gamma=0.99, task_ids={"cube_pick_place": 0}, table=table, capacity=50,
+              durable=False, recent=3)
+    store = FleetStore(str(tmp_path / "rlds"), **kw)
+    eps = [make_episode(np.random.default_rng(s), num_steps=10 + s, task="cube_pick_place") for s in range(8)]
+    for ep in eps:
+        store.persist(ep)
+        store.on_accept(ep)
+    assert len(store) == 8 and store.robot_steps() == sum(10 + s for s in range(8))
+    assert [e.order for e in store.snapshot()] == [5, 6, 7]  # the window, oldest first
+    whole = list(store.history())
+    assert [e.episode_id for e in whole] == [ep.episode_id for ep in eps] and [e.order for e in whole] == list(range(8))
+    store.close()
+
+    again = FleetStore(str(tmp_path / "rlds"), **kw)
+    assert len(again.rebuild()) == 8
+    assert [e.episode_id for e in again.history()] == [ep.episode_id for ep in eps]  # not 16: rewritten, not appended
+    assert len(again) == 8 and [e.order for e in again.snapshot()] == [5, 6, 7]
+    again.close()
+    with pytest.raises(ValueError, match="FleetStore.recent"):
+        FleetStore(str(tmp_path / "other"), **{**kw, "recent": 0})

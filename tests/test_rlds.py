@@ -168,6 +168,22 @@ def test_manifest_commits_between_info_rewrites_and_survives_a_kill(tmp_path, ep
     assert tfds.builder_from_directory(path).info.splits["train"].num_examples == 7  # and on close
 
 
+def test_patched_dataset_info_is_what_tfds_writes(tmp_path, episodes):
+    """Issue 16: later dataset_info.json rewrites patch the shard list into the JSON TFDS made once (TFDS's
+    rebuilds retained native memory); the patched file must equal TFDS's own, and stock TFDS must read it."""
+    import json
+
+    path = str(tmp_path / "fleet")
+    with RLDSWriter(path, info_every=2) as writer:
+        for ep in episodes[:5]:
+            writer.append(ep)
+            writer._write_info()
+            with open(os.path.join(path, "dataset_info.json")) as f:
+                assert json.load(f) == json.loads(writer._tfds_info_json())
+    assert tfds.builder_from_directory(path).info.splits["train"].num_examples == 5
+    assert tfds.builder_from_directory(path).info.splits["train"].num_bytes == writer._num_bytes
+
+
 def test_bad_episode_is_rejected_and_leaves_the_dataset_intact(dataset, episodes, tmp_path):
     path = _copy(dataset, tmp_path)
     before = {name: open(os.path.join(path, name), "rb").read() for name in os.listdir(path) if not name.startswith(".")}

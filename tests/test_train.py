@@ -71,8 +71,11 @@ def test_mini_flywheel_end_to_end(smoke_dataset, tmp_path, capsys):
     data_cfg, _ = smoke_dataset
     cfg = _cfg(data_cfg, tmp_path)
     cfg.stage = "all"
+    cfg.eval.every = 5  # one periodic evaluation in the online stage (step 10 of 8..12), and one offline
     results = run(cfg)
     assert list(results) == ["pretrain", "offline", "offline best-of-16", "online", "online best-of-16"]
+    curve = json.loads((tmp_path / "evals" / "online@10.json").read_text())  # the plot's learning-curve point
+    assert curve["step"] == 10 and 0 <= curve["meta"]["fleet_episodes"] <= 4 and curve["episodes"]
     out = capsys.readouterr().out
     assert "Online budget: 4 fleet episodes" in out and "online success" in out
     assert (tmp_path / "success_vs_fleet_episodes.png").stat().st_size > 10_000

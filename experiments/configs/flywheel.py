@@ -5,9 +5,9 @@
 
 The protocol is the main job's (experiments/configs/multitask.py: `flywheel_method` says why each setting,
 `main_job` the budgets), fixed before any run from measurements on other scenes, not tuned on the reported
-ones. Two differences, both to keep runs C-E reproducible: the data is the 5x mix of the four tasks only
-(data/flywheel_large), and 24 evaluation episodes per task per seed (experiments/flywheel.py pools the three
-seeds' pairs; the single-seed main job takes 48).
+ones. Three differences, all to keep runs C-E reproducible: the data is the 5x mix of the four tasks only
+(data/flywheel_large), 24 evaluation episodes per task per seed (experiments/flywheel.py pools the three
+seeds' pairs; the single-seed main job takes 48), and no periodic evaluations during the online stage.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     else:
         c = multitask.get_config("")
         c.eval.episodes_per_task = 24
+        c.eval.every = 1_000_000  # runs C-E had no periodic evaluations (they pause the learner)
     c.data.offline_dir = "data/flywheel_large"
     c.workdir = "runs/flywheel"
     return c

@@ -269,6 +269,8 @@ def main_job(c: ml_collections.ConfigDict) -> None:
     # 48 evaluation episodes per task (192 per stage, the same scenes for every stage): the paired tests of one
     # seed then resolve about a 0.1 gain (the flywheel study keeps 24 per task and pools 3 seeds).
     c.eval.episodes_per_task = 48
-    c.eval.every = 1_000_000
+    # The deployed policy on the same test scenes every 2,500 updates of the online stage (4 evaluations, ~1 min
+    # each): the plot's learning curve against fleet episodes. (Offline RL is 1,000 updates: no periodic one.)
+    c.eval.every = 2_500
     c.checkpoint_every = 5_000
     c.log_every = 500

@@ -174,9 +174,31 @@ class EvalCache:
         """The per-episode results of a stored evaluation (empty for one saved before they were kept)."""
         return load_episodes(self.cfg.workdir, name) if self._saved(name) else []
 
-    def log_only(self, state, step: int, logger: MetricsLogger) -> None:
-        summary, _ = evaluate_state(self.cfg, self.agent, state, self.stats, self.tasks, self.all_tasks, "policy")
+    def progress(self, phase: str, state, step: int, logger: MetricsLogger, meta: dict | None = None) -> dict:
+        """A periodic evaluation of the deployed policy during `phase`, stored as `<phase>@<step>` with `meta`
+        (e.g. the fleet episodes so far) beside it; a resumed run reuses it. Logged as eval/policy/*."""
+        name = f"{phase}@{step}"
+        saved = self._saved(name, step)
+        if saved is not None:
+            return saved["summary"]
+        summary, results = evaluate_state(self.cfg, self.agent, state, self.stats, self.tasks, self.all_tasks, "policy")
+        path = self._path(name)
+        with open(path + ".tmp", "w") as f:
+            json.dump({"step": step, "tasks": self.tasks, "kind": "policy", "meta": dict(meta or {}),
+                       "summary": summary, "episodes": [dataclasses.asdict(r) for r in results]}, f)
+        os.replace(path + ".tmp", path)
         self._log(logger, step, summary, "policy")
+        return summary
+
+    def progress_evals(self, phase: str) -> list[dict]:
+        """The stored periodic evaluations of `phase` (this run's tasks), by step: dicts with step, meta, summary."""
+        out = []
+        for fname in os.listdir(self.dir):
+            if fname.startswith(phase + "@") and fname.endswith(".json"):
+                saved = self._saved(fname[: -len(".json")])
+                if saved is not None:
+                    out.append({"step": saved["step"], "meta": saved.get("meta", {}), "summary": saved["summary"]})
+        return sorted(out, key=lambda e: e["step"])
 
     @staticmethod
     def _log(logger: MetricsLogger, step: int, summary: dict, name: str) -> None:

@@ -6,6 +6,11 @@ n-step transitions for the online buffer. A restarted learner calls `rebuild()`:
 a fresh buffer and returns the acknowledged episode ids, which seed the servicer's dedupe set, so a robot
 that re-sends an episode whose ack was lost gets `duplicate` and nothing is stored twice.
 
+Memory stays bounded however long the fleet runs (issue 16): the replay buffers have a capacity, and the
+per-episode fleet log (the curves' data) goes to a JSONL file beside the dataset, `<rlds_dir>.episodes.jsonl`,
+rewritten from the dataset at every start (it is derived data); RAM keeps only the last `recent` records
+(the live fleet logs' window) and running counts.
+
 Threading: gRPC handler threads call persist/on_accept (serialized by the servicer), the training thread
 samples; a lock guards the buffer and the episode log. Instruction embeddings for new wordings are computed
 under the same serialization (see batching.InstructionTable).
@@ -13,10 +18,12 @@ under the same serialization (see batching.InstructionTable).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import json
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -46,7 +53,8 @@ class FleetEpisode:
     accepted_at: float  # learner wall clock (time.time()) at acceptance; replayed episodes carry the rebuild time
 
 
-KEEP_MODES = ("all", "human")  # which transitions of an accepted episode enter the online buffer
+KEEP_MODES = ("all", "human")
+RECENT_EPISODES = 10_000  # fleet-log records kept in RAM (a window of the live logs; the whole log is on disk)  # which transitions of an accepted episode enter the online buffer
 
 
 def human_chunk_mask(intervention: np.ndarray, chunk_len: int) -> np.ndarray:
@@ -77,6 +85,7 @@ class FleetStore:
         capacity: int,
         durable: bool = True,
         keep: str = "all",
+        recent: int = RECENT_EPISODES,
     ):
         self.rlds_dir = rlds_dir
         self._cut = dict(chunk_len=chunk_len, n_chunks=n_chunks, gamma=gamma, task_ids=dict(task_ids))
@@ -89,7 +98,13 @@ class FleetStore:
         # The human-driven chunks again, on their own (a few % of fleet steps): the expert data a base flow can
         # clone beside the RL batch (agent.base_bc_data = "expert"). With keep="human" it is the buffer itself.
         self.human = self.buffer if keep == "human" else TransitionBuffer(capacity)
-        self.episodes: list[FleetEpisode] = []
+        if recent < 1:
+            raise ValueError(f"FleetStore.recent: expected >= 1 fleet-log records kept in RAM, got {recent}")
+        self._recent: collections.deque[FleetEpisode] = collections.deque(maxlen=recent)
+        self._count = 0
+        self._robot_steps = 0
+        self.log_path = rlds_dir.rstrip("/") + ".episodes.jsonl"
+        self._log = open(self.log_path, "w")  # derived from the dataset: rebuild() writes it again
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- servicer callbacks
@@ -110,15 +125,16 @@ class FleetStore:
                 self.buffer.add(cols)
             if self.human is not self.buffer and len(human["action"]):
                 self.human.add(human)
-            self.episodes.append(
-                FleetEpisode(
-                    order=len(self.episodes), episode_id=ep.episode_id, robot_id=ep.robot_id, task=ep.task,
-                    success=bool(ep.success), steps=int(ep.num_steps),
-                    subgoal_frac=ep.subgoal_frac,
-                    policy_version=int(ep.policy_version), intervention_steps=int(ep.intervention.sum()),
-                    accepted_at=time.time(),
-                )
+            rec = FleetEpisode(
+                order=self._count, episode_id=ep.episode_id, robot_id=ep.robot_id, task=ep.task,
+                success=bool(ep.success), steps=int(ep.num_steps), subgoal_frac=ep.subgoal_frac,
+                policy_version=int(ep.policy_version), intervention_steps=int(ep.intervention.sum()),
+                accepted_at=time.time(),
             )
+            self._log.write(json.dumps(dataclasses.asdict(rec)) + "\n")
+            self._recent.append(rec)
+            self._count += 1
+            self._robot_steps += rec.steps
 
     # ---------------------------------------------------------------- restart
 
@@ -135,13 +151,21 @@ class FleetStore:
         return ids
 
     def close(self) -> None:
+        with self._lock:
+            self._log.close()
         self.writer.close()
 
     # ---------------------------------------------------------------- training side
 
     def __len__(self) -> int:
+        """Fleet episodes accepted (rebuilt ones included)."""
         with self._lock:
-            return len(self.episodes)
+            return self._count
+
+    def robot_steps(self) -> int:
+        """Robot control steps of every accepted episode (autonomous and human-driven alike)."""
+        with self._lock:
+            return self._robot_steps
 
     def num_transitions(self) -> int:
         with self._lock:
@@ -165,8 +189,18 @@ class FleetStore:
             return mixed_batch(rng, demos, self.human, n, frac, balanced=balanced)
 
     def snapshot(self) -> list[FleetEpisode]:
+        """The last `recent` fleet-log records (all of them in a run shorter than that), oldest first."""
         with self._lock:
-            return list(self.episodes)
+            return list(self._recent)
+
+    def history(self) -> Iterator[FleetEpisode]:
+        """Every fleet-log record in acceptance order, read from the log file (the plots' data)."""
+        with self._lock:
+            if not self._log.closed:
+                self._log.flush()
+        with open(self.log_path) as f:
+            for line in f:
+                yield FleetEpisode(**json.loads(line))
 
 
 def fleet_summary(episodes: list[FleetEpisode], window: int, tasks: list[str] | None = None,

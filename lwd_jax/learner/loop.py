@@ -43,7 +43,10 @@ class Phase:
     extra_logs(step) -> scalars logged beside the update's metrics (the fleet's success, ...).
     checkpoint_meta() -> what the phase adds to each checkpoint's JSON record (param version, ...).
     probe: the critic probe runs on this phase's log cadence (not during BC, which trains no critic).
-    evaluate_every: periodic policy evaluations during the phase (the RL phases).
+    evaluate_every: periodic policy evaluations during the phase (the RL phases), each stored as
+      `evals/<phase>@<step>.json` on the test scenes (a learning curve that pairs with the stage evaluations).
+    eval_meta() -> what the phase adds to each periodic evaluation's record (the fleet episodes so far: the
+      x of the success-vs-fleet-episodes plot).
     done() -> True ends the phase before `end` (checked after every call).
     """
 
@@ -56,6 +59,7 @@ class Phase:
     checkpoint_meta: Callable[[], dict[str, Any]] | None = None
     probe: bool = True
     evaluate_every: bool = False
+    eval_meta: Callable[[], dict[str, Any]] | None = None
     done: Callable[[], bool] | None = None
 
 
@@ -101,7 +105,8 @@ class Learner:
                 self._save(state, step, phase)
                 saved = step
             if phase.evaluate_every and self.evals is not None and due(step, cfg.eval.every, u) and not last:
-                self.evals.log_only(state, step, self.logger)
+                self.evals.progress(phase.name, state, step, self.logger,
+                                    phase.eval_meta() if phase.eval_meta is not None else {})
             if last:
                 break
         if saved != step:

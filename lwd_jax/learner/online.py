@@ -209,14 +209,14 @@ def run_online(
     def fleet_logs(at: int) -> dict[str, float]:
         eps = store.snapshot()
         summ = fleet_summary(eps, oc.log_window, tasks, autonomous or None)
-        return {"fleet/episodes": len(eps), "fleet/version": versions[-1], "fleet/transitions": store.num_transitions(),
+        return {"fleet/episodes": len(store), "fleet/version": versions[-1], "fleet/transitions": store.num_transitions(),
                 **{f"fleet/{t}/success": s["success"] for t, s in summ.items()},
                 **{f"fleet/{t}/cycle_steps": s["cycle_steps"] for t, s in summ.items()
                    if s["cycle_steps"] == s["cycle_steps"]}}  # NaN: no success in the window
 
     phase = Phase("online", total_steps, update, batches, after_update=after_update, extra_logs=fleet_logs,
                   checkpoint_meta=lambda: {"version": versions[-1], "fleet_episodes": len(store)},
-                  probe=False, evaluate_every=True, done=over_time)
+                  probe=False, evaluate_every=True, eval_meta=lambda: {"fleet_episodes": len(store)}, done=over_time)
     try:
         publish(state)
         fleet.start()
@@ -232,8 +232,9 @@ def run_online(
         codes = fleet.stop(timeout_s=oc.stop_timeout_s)
         server.stop()
         store.close()
+    history = list(store.history())  # the whole fleet log, from its file
     report = OnlineReport(
-        fleet_episodes=store.snapshot(), learner_updates=int(state.step), versions_published=versions,
+        fleet_episodes=history, learner_updates=int(state.step), versions_published=versions,
         seconds=time.time() - t0, autonomous_robots=sorted(autonomous), robot_logs=fleet.episode_logs(),
         spooled_left=fleet.spooled(), robot_exit_codes=codes,
     )
@@ -269,7 +270,7 @@ def _paced_episodes(fleet_episodes: int, updates_after: int, updates_total: int)
 
 def robot_steps(store: FleetStore) -> int:
     """Robot control steps in the fleet episodes stored so far (autonomous and human-driven alike)."""
-    return sum(e.steps for e in store.snapshot())
+    return store.robot_steps()
 
 
 def _wait_for(store: FleetStore, fleet: LocalFleet, ready: Callable[[], bool], what: str, timeout_s: float,

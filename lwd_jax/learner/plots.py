@@ -32,6 +32,7 @@ def success_vs_fleet_episodes(
     autonomous: set[str] | None = None,
     window: int = 50,
     evals: Mapping[str, tuple[int, Mapping[str, Mapping[str, float]]]] | None = None,
+    curve: Sequence[tuple[int, Mapping[str, Mapping[str, float]]]] = (),
     title: str = "",
 ) -> None:
     """Trailing success rate and step-wise score of fleet episodes vs the number of fleet episodes so far.
@@ -41,7 +42,10 @@ def success_vs_fleet_episodes(
     every fleet episode. The shaded band is the 95% Wilson interval of the trailing success rate (the
     window's successes over its episodes); dotted vertical lines mark the first fleet episode run with each
     newly published policy version. `evals`: name -> (x, per-task summary) of simulator evaluations, drawn
-    as points with the pooled success over all their episodes and its 95% Wilson interval.
+    as points with the pooled success over all their episodes and its 95% Wilson interval (evaluations at the
+    same x are spread a little apart). `curve`: (x, per-task summary) of the evaluations taken during the
+    online stage on the same test scenes, drawn as one line with the same intervals: the learning curve
+    that pairs with the stage evaluations, where the fleet's own trailing success mixes tasks and scenes.
     """
     import matplotlib
 
@@ -54,7 +58,7 @@ def success_vs_fleet_episodes(
             xs.append(i + 1)
             succ.append(float(e.success))
             score.append(e.subgoal_frac)
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    fig, ax = plt.subplots(figsize=(7, 5.4), dpi=120)
     if xs:
         rate = trailing_mean(succ, window)
         n = np.minimum(np.arange(1, len(succ) + 1), window)
@@ -67,20 +71,32 @@ def success_vs_fleet_episodes(
         first_of_version.setdefault(e.policy_version, i + 1)
     for j, x in enumerate(sorted(first_of_version.values())[1:]):  # the first version is the offline policy
         ax.axvline(x, color="0.5", linestyle=":", linewidth=0.8, label="new policy version deployed" if j == 0 else None)
+    def pooled(summary: Mapping[str, Mapping[str, float]]) -> tuple[float, float, float, int]:
+        n_eps = sum(int(s["episodes"]) for s in summary.values())
+        wins = sum(round(s["success_rate"] * s["episodes"]) for s in summary.values())
+        lo, hi = wilson_interval(wins, n_eps)
+        return wins / max(n_eps, 1), lo, hi, n_eps
+
+    points = [(x, *pooled(summary)) for x, summary in curve if summary]
+    if points:
+        px, pm, plo, phi, pn = (np.array(v) for v in zip(*points, strict=True))
+        ax.errorbar(px, pm, yerr=[pm - plo, phi - pm], fmt="s-", capsize=3, color="C5", markersize=4,
+                    label=f"eval during the online stage (test scenes, 95% CI of {int(pn[0])} episodes)")
+    span = max([len(xs) and xs[-1], *(x for x, _ in (evals or {}).values()), 1])
+    seen_x: dict[int, int] = {}
     for k, (name, (x, summary)) in enumerate((evals or {}).items()):
         if not summary:
             continue
-        n_eps = sum(int(s["episodes"]) for s in summary.values())
-        wins = sum(round(s["success_rate"] * s["episodes"]) for s in summary.values())
-        m = wins / max(n_eps, 1)
-        lo, hi = wilson_interval(wins, n_eps)
-        ax.errorbar([x], [m], yerr=[[m - lo], [hi - m]], fmt="o", capsize=4, color=f"C{k + 2}",
+        m, lo, hi, n_eps = pooled(summary)
+        shift = seen_x.get(x, 0)
+        seen_x[x] = shift + 1
+        ax.errorbar([x - 0.012 * span * shift], [m], yerr=[[m - lo], [hi - m]], fmt="o", capsize=4, color=f"C{k + 2}",
                     label=f"eval: {name} ({m:.2f}, 95% CI of {n_eps} episodes)")
     ax.set_xlabel("fleet episodes")
     ax.set_ylabel("success rate / score")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
