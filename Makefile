@@ -39,7 +39,7 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)
 
 # The offline RLDS dataset of the main job, the method benchmark and `serve`: the 5x mix (data.py:large: 50 expert
-# demos, 40 noisy/failed rollouts, 30 exploration and 10 corrected episodes per task) for every task, ~6 min on
+# demos, 40 noisy/failed rollouts, 30 exploration and 10 corrected episodes per task) for every task, ~4 min on
 # 2 cores. (data.py without :large is the 10-demo mix: BC on it left a 0.15 policy with no room to show RL.)
 OFFLINE := $(DATA_DIR)/offline_large
 data: install
@@ -72,7 +72,7 @@ eval: install
 
 # The method comparison (SFT, HG-DAgger, RECAP, HIL-SERL/RLPD, LWD offline/online, LWD ablations), 3 seeds,
 # on the CPU budget of experiments/configs/benchmark.py; tables and plots in results/benchmark/. Resumes.
-# Its offline data is the 5x dataset (data.py:large, ~6 min to generate on 2 cores): 50 demos per task.
+# Its offline data is the 5x dataset of `make data` (data.py:large, ~4 min to generate on 2 cores): 50 demos per task.
 BENCH_ARGS ?=
 benchmark: data
 	MUJOCO_GL=disable $(PY) -m experiments.benchmark --config=experiments/configs/benchmark.py --config.offline_dir=$(OFFLINE) $(BENCH_ARGS)

@@ -40,4 +40,6 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.online.warmup_episodes = 1
     c.online.warmup_timeout_s = WAIT_FOREVER_S
     c.online.publish_every = 200 if variant == "" else 2
+    if variant == "":
+        c.eval.every = 10_000  # a simulator evaluation pauses the learner ~1 min: rarer than the main job's
     return c
