@@ -139,6 +139,7 @@ class RLDSWriter:
             self._features = rlds_format.episode_features(self.with_image)
             self._info_template: str | None = None  # dataset_info.json as TFDS made it (see _write_info)
             self._lengths_json, self._lengths_listed = "", 0
+            self._episodes, self._counted = 0, 0  # num_episodes's running count over _shard_lengths[:_counted]
             self._info = dataset_info.DatasetInfo(
                 builder=dataset_info.DatasetIdentity(
                     name=rlds_format.DATASET_NAME, version=rlds_format.DATASET_VERSION, data_dir=self.data_dir, module_name=__name__
@@ -173,7 +174,12 @@ class RLDSWriter:
 
     @property
     def num_episodes(self) -> int:
-        return int(sum(self._shard_lengths))
+        # A running count, not sum(self._shard_lengths): every append names its episode's position, and an
+        # O(shards) sum there, under the append lock, grew with the store (issue 16's soak).
+        if self._counted < len(self._shard_lengths):
+            self._episodes += sum(self._shard_lengths[self._counted:])
+            self._counted = len(self._shard_lengths)
+        return self._episodes
 
     @property
     def num_shards(self) -> int:
