@@ -161,14 +161,18 @@ class EvalCache:
         if saved is not None:
             return saved["summary"]
         summary, results = evaluate_state(self.cfg, self.agent, state, self.stats, self.tasks, self.all_tasks, kind)
-        path = self._path(name)
-        with open(path + ".tmp", "w") as f:
-            json.dump({"step": step, "tasks": self.tasks, "kind": kind, "summary": summary,
-                       "episodes": [dataclasses.asdict(r) for r in results]}, f)
-        os.replace(path + ".tmp", path)
+        self._store(name, step, kind, summary, results)
         if logger is not None:
             self._log(logger, step, summary, name)
         return summary
+
+    def _store(self, name: str, step: int, kind: str, summary: dict, results, extra: dict | None = None) -> None:
+        """evals/<name>.json (summary and every episode), replaced atomically: a resumed run reuses it."""
+        path = self._path(name)
+        with open(path + ".tmp", "w") as f:
+            json.dump({"step": step, "tasks": self.tasks, "kind": kind, **(extra or {}), "summary": summary,
+                       "episodes": [dataclasses.asdict(r) for r in results]}, f)
+        os.replace(path + ".tmp", path)
 
     def episodes(self, name: str) -> list[EpisodeResult]:
         """The per-episode results of a stored evaluation (empty for one saved before they were kept)."""
@@ -182,11 +186,7 @@ class EvalCache:
         if saved is not None:
             return saved["summary"]
         summary, results = evaluate_state(self.cfg, self.agent, state, self.stats, self.tasks, self.all_tasks, "policy")
-        path = self._path(name)
-        with open(path + ".tmp", "w") as f:
-            json.dump({"step": step, "tasks": self.tasks, "kind": "policy", "meta": dict(meta or {}),
-                       "summary": summary, "episodes": [dataclasses.asdict(r) for r in results]}, f)
-        os.replace(path + ".tmp", path)
+        self._store(name, step, "policy", summary, results, {"meta": dict(meta or {})})
         self._log(logger, step, summary, "policy")
         return summary
 

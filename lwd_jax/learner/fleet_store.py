@@ -53,8 +53,8 @@ class FleetEpisode:
     accepted_at: float  # learner wall clock (time.time()) at acceptance; replayed episodes carry the rebuild time
 
 
-KEEP_MODES = ("all", "human")
-RECENT_EPISODES = 10_000  # fleet-log records kept in RAM (a window of the live logs; the whole log is on disk)  # which transitions of an accepted episode enter the online buffer
+KEEP_MODES = ("all", "human")  # which transitions of an accepted episode enter the online buffer
+RECENT_EPISODES = 10_000  # fleet-log records kept in RAM (a window of the live logs; the whole log is on disk)
 
 
 def human_chunk_mask(intervention: np.ndarray, chunk_len: int) -> np.ndarray:
