@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 EXP ?= multitask
 TRAIN_ARGS ?=
 
-.PHONY: install data test lint clean bench train eval benchmark flywheel serve soak
+.PHONY: install data test lint clean bench train eval benchmark benchmark-ablations flywheel serve soak
 
 # Task names (one evaluation config per task) and the experiment configs EXP may name.
 EVAL_TASKS = $(filter-out all common __init__,$(basename $(notdir $(wildcard experiments/configs/eval/*.py))))
@@ -70,12 +70,15 @@ eval: install
 	  echo "make eval: unknown TASK='$(TASK)'; expected all or one of: $(EVAL_TASKS)" >&2; exit 2; fi
 	MUJOCO_GL=disable $(PY) -m experiments.eval --config=experiments/configs/eval/$(TASK).py --config.run=$(RUN) --config.policy=$(POLICY) $(EVAL_ARGS)
 
-# The method comparison (SFT, HG-DAgger, RECAP, HIL-SERL/RLPD, LWD offline/online, LWD ablations), 3 seeds,
-# on the CPU budget of experiments/configs/benchmark.py; tables and plots in results/benchmark/. Resumes.
-# Its offline data is the 5x dataset of `make data` (data.py:large, ~4 min to generate on 2 cores): 50 demos per task.
+# The method comparison on the flywheel protocol (SFT, HG-DAgger, RECAP, HIL-SERL/RLPD, LWD offline/online,
+# LWD-QAM), 3 seeds, 4 tasks, 48 evaluation episodes per task; tables and plots in results/benchmark/. Resumes.
+# `benchmark-ablations` adds LWD's ablations to the same runs and tables. Offline data: `make data`.
 BENCH_ARGS ?=
 benchmark: data
 	MUJOCO_GL=disable $(PY) -m experiments.benchmark --config=experiments/configs/benchmark.py --config.offline_dir=$(OFFLINE) $(BENCH_ARGS)
+
+benchmark-ablations: data
+	MUJOCO_GL=disable $(PY) -m experiments.benchmark --config=experiments/configs/benchmark.py --config.offline_dir=$(OFFLINE) --config.methods=all $(BENCH_ARGS)
 
 # The flywheel study (experiments/configs/flywheel.py): SFT -> LWD offline -> LWD online on 4 tasks with
 # headroom, 3 seeds, paired tests on shared test scenes; tables and learning curves in results/flywheel/.

@@ -1,5 +1,6 @@
-"""The method comparison: SFT, HG-DAgger, RECAP, HIL-SERL/RLPD, LWD offline/online and LWD's ablations,
-over several seeds, on one shared SFT checkpoint per seed; tables in the shape of the LWD paper's Table I.
+"""The method comparison: SFT, HG-DAgger, RECAP, HIL-SERL/RLPD, LWD offline/online (best-of-16 under DIVL, the
+main job), LWD-QAM (the paper's extraction) and LWD's ablations, over several seeds, on one shared SFT
+checkpoint per seed, on the flywheel protocol; tables in the shape of the LWD paper's Table I.
 
     make benchmark                                                   # CPU: experiments/configs/benchmark.py
     python -m experiments.benchmark --config=experiments/configs/benchmark.py --config.methods=LWD,RECAP
@@ -42,11 +43,13 @@ TABLE_ROWS = (
     ("HIL-SERL/RLPD", "HIL-SERL/RLPD", "online"),
     ("LWD offline", "LWD", "offline"),
     ("LWD online", "LWD", "online"),
-    ("Best-of-16", "Best-of-16", "online"),
+    ("LWD-QAM offline", "LWD-QAM", "offline"),
+    ("LWD-QAM online", "LWD-QAM", "online"),
 )
 # Paired comparisons (same test scenes, pooled over seeds) the note and the table report: (row a, row b).
 PAIRED = (("LWD online", "LWD offline"), ("LWD online", SFT), ("LWD offline", SFT), ("LWD online", "HG-DAgger"),
-          ("Best-of-16", SFT), ("LWD online", "Best-of-16"))
+          ("LWD online", "RECAP"), ("LWD online", "HIL-SERL/RLPD"), ("LWD online", "LWD-QAM online"),
+          ("LWD-QAM online", SFT), ("LWD-QAM offline", SFT))
 
 
 def is_bc_reference(method: str) -> bool:
@@ -55,11 +58,13 @@ def is_bc_reference(method: str) -> bool:
     return spec.get("stage") == "offline" and spec.get("offline_steps") == 0
 
 
-ABLATION_ROWS = (("LWD offline", "LWD", "offline"),) + tuple(
-    (m, m, "pretrain" if is_bc_reference(m) else "offline")
-    for m, spec in bench_cfg.METHODS.items() if spec.get("stage") == "offline"
+# Ablation rows, each against LWD's own row of the stage it changes: (row, method run, evaluation, reference row)
+ABLATION_ROWS = tuple(
+    (m, m, "pretrain" if is_bc_reference(m) else spec["stage"].replace("all", "online"),
+     "LWD offline" if spec["stage"] == "offline" else "LWD online")
+    for m, spec in bench_cfg.ABLATIONS.items()
 )
-ONLINE_METHODS = ("HG-DAgger", "RECAP", "HIL-SERL/RLPD", "LWD", "Best-of-16")
+ONLINE_METHODS = tuple(m for m, spec in bench_cfg.METHODS.items() if spec.get("stage") == "all")
 
 
 def slug(name: str) -> str:
@@ -84,7 +89,7 @@ def parse_extra(extra: str) -> dict[str, Any]:
 def run_config(bcfg: ml_collections.ConfigDict, seed: int, method: str) -> ml_collections.ConfigDict:
     """The experiments/configs/multitask.py config of one (seed, method) run."""
 
-    cfg = get_config("suite")  # every method on the suite base, then BASE and the method overrides
+    cfg = get_config("")  # every method on the main job (the flywheel protocol), then BASE and the method overrides
     flat = dict(bench_cfg.overrides(bcfg.variant))
     if method != SFT:
         flat.update(bench_cfg.METHODS[method])
@@ -111,7 +116,7 @@ def workdir(bcfg: ml_collections.ConfigDict, seed: int, method: str) -> str:
 def run_benchmark(bcfg: ml_collections.ConfigDict) -> dict[str, Any]:
     """Every (seed, method) run that has no results yet, then the aggregate tables and plots."""
 
-    methods = [m.strip() for m in bcfg.methods.split(",") if m.strip()]
+    methods = list(bench_cfg.METHODS) if bcfg.methods == "all" else [m.strip() for m in bcfg.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in bench_cfg.METHODS]
     if unknown:
         raise ValueError(f"config.methods: unknown {unknown}; known: {list(bench_cfg.METHODS)}")
@@ -194,7 +199,7 @@ def aggregate(bcfg: ml_collections.ConfigDict, methods: list[str]) -> dict[str, 
     long_tasks = [t for t in tasks if get_task(t).is_long]
     short_tasks = [t for t in tasks if t not in long_tasks]
     rows: dict[str, Any] = {}
-    for row, method, evaluation in TABLE_ROWS + ABLATION_ROWS:
+    for row, method, evaluation, *_ in TABLE_ROWS + ABLATION_ROWS:
         if row in rows or (method != SFT and method not in methods):
             continue
         per_seed, seeds = [], []
@@ -221,7 +226,7 @@ def aggregate(bcfg: ml_collections.ConfigDict, methods: list[str]) -> dict[str, 
         if ts:
             seconds[method] = {"runs": len(ts), "mean_s": float(np.mean(ts)), "total_s": float(np.sum(ts))}
     paired = {}
-    for a, b in PAIRED + tuple((n, "LWD offline") for n, _, _ in ABLATION_ROWS[1:]):
+    for a, b in PAIRED + tuple((n, ref) for n, _, _, ref in ABLATION_ROWS):
         if a in rows and b in rows:
             ea, eb = row_episodes(bcfg, rows[a]), row_episodes(bcfg, rows[b])
             paired[f"{a} vs {b}"] = paired_success(ea, eb)
@@ -321,9 +326,9 @@ def markdown(out: dict[str, Any]) -> str:
           "success_rate", 2, True)
     table("Step-wise score (fraction of sub-goals reached)", main, "stepwise_score", 2, False)
     table("Cycle time in control steps (failures counted at the step budget)", main, "cycle_time_all", 0, False)
-    abl = [n for n, _, _ in ABLATION_ROWS if n in rows]
-    if len(abl) > 1:
-        table("Ablations of LWD's offline stage: success rate", abl, "success_rate", 2, True)
+    abl = [n for n in ("LWD offline", "LWD online", *(r[0] for r in ABLATION_ROWS)) if n in rows]
+    if len(abl) > 2:
+        table("Ablations of LWD (each against LWD's row of the stage it changes): success rate", abl, "success_rate", 2, True)
         table("Ablations: step-wise score", abl, "stepwise_score", 2, False)
     if out.get("paired"):
         lines.append("**Paired comparisons** (success on the same test scenes, pooled over seeds)")
@@ -376,8 +381,8 @@ def plot_method(bcfg: ml_collections.ConfigDict, method: str, rows: dict[str, An
         ys = [float(e["success"]) for e in eps if e["robot_id"] in auto]
         if xs:
             ax.plot(xs, trailing_mean(ys, len(tasks)), color=f"C{k}", alpha=0.7, label=f"seed {seed}: fleet success (trailing {len(tasks)})")
-    start_row = "LWD offline" if method == "LWD" else SFT
-    end_row = "LWD online" if method == "LWD" else method
+    start_row = f"{method} offline" if f"{method} offline" in rows else SFT
+    end_row = f"{method} online" if f"{method} online" in rows else method
     for x, row, color in ((0, start_row, "k"), (n_last, end_row, "C3")):
         if row in rows:
             s = rows[row]["average"]

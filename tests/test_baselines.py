@@ -198,41 +198,50 @@ def test_demos_only_pretrain_buffer(smoke_dataset):
 
 
 def test_benchmark_driver_end_to_end(smoke_dataset, tmp_path):
-    """SFT once, two methods from its checkpoint (one online with HG-DAgger), tables, JSON and a plot."""
+    """SFT once, methods from its checkpoint (HG-DAgger and LWD-QAM online, an offline ablation), tables,
+    JSON and a plot; every run is the main job's protocol with the method's switches."""
     from experiments import benchmark
     from experiments.configs.benchmark import get_config
 
     data_cfg, _ = smoke_dataset
     b = get_config("smoke")
     b.root, b.results_dir, b.offline_dir = str(tmp_path / "runs"), str(tmp_path / "results"), data_cfg.out_dir
-    b.methods = "HG-DAgger,Best-of-16,QAM -> AWR flow,BC on all data"
+    b.methods = "HG-DAgger,LWD-QAM,best-of-16 -> AWR flow,BC on all data"
     b.extra = f"tasks={data_cfg.tasks}"
     out = benchmark.run_benchmark(b)
-    assert list(out["rows"]) == ["SFT", "HG-DAgger", "Best-of-16", "QAM -> AWR flow", "BC on all data"]
+    assert list(out["rows"]) == ["SFT", "HG-DAgger", "LWD-QAM offline", "LWD-QAM online", "best-of-16 -> AWR flow",
+                                 "BC on all data"]
     n = len(data_cfg.tasks.split(","))  # one evaluation episode per task: every method met the same scenes
-    assert out["paired"]["Best-of-16 vs SFT"]["n"] == n
+    assert out["paired"]["LWD-QAM online vs SFT"]["n"] == n
+    assert "best-of-16 -> AWR flow vs LWD offline" not in out["paired"]  # no LWD run: no reference row
     assert "**Paired comparisons**" in (tmp_path / "results" / "benchmark.md").read_text()
-    # the best-of-N probe beside each RL method's policy (AWR's offline stage here)
-    assert set(out["critic_probe"]["QAM -> AWR flow"]["offline"]) >= {"best_of_n_success", "policy_success"}
+    # the best-of-N probe beside the AWR actor (its offline stage)
+    assert set(out["critic_probe"]["best-of-16 -> AWR flow"]["offline"]) >= {"best_of_n_success", "policy_success"}
     assert out["rows"]["BC on all data"]["evaluation"] == "pretrain"
     ref = benchmark.run_config(b, 0, "BC on all data")  # trains its own BC flow on the whole mix
     assert ref.init_from == "" and ref.data.pretrain_data == "all" and ref.offline_steps == 0
     assert os.path.isdir(os.path.join(ref.workdir, "checkpoints", str(ref.pretrain_steps)))
-    assert list(out["critic_probe"]) == ["Best-of-16", "QAM -> AWR flow"]  # HG-DAgger trains no critic
-    assert out["critic_probe"]["QAM -> AWR flow"]["offline"]["seeds"] == 1
+    assert list(out["critic_probe"]) == ["LWD-QAM", "best-of-16 -> AWR flow"]  # HG-DAgger trains no critic
+    assert out["critic_probe"]["best-of-16 -> AWR flow"]["offline"]["seeds"] == 1
     sft = benchmark.workdir(b, 0, "SFT")
     with open(os.path.join(benchmark.workdir(b, 0, "HG-DAgger"), "results.json")) as f:
         hg = json.load(f)
     with open(os.path.join(sft, "results.json")) as f:
         assert hg["pretrain"] == json.load(f)["pretrain"]  # the shared SFT evaluation, not a re-run
     assert set(hg) == {"pretrain", "online"}  # HG-DAgger has no offline RL stage
-    for name in ("benchmark.json", "benchmark.md", "hg-dagger.png"):
+    for name in ("benchmark.json", "benchmark.md", "hg-dagger.png", "lwd-qam.png"):
         assert os.path.getsize(tmp_path / "results" / name) > 0
     md = (tmp_path / "results" / "benchmark.md").read_text()
-    assert "| SFT |" in md and "QAM -> AWR flow" in md and "**Critic probe**" in md
-    # a method's run must start from the SFT checkpoint: its BC flow equals SFT's
-    cfg = benchmark.run_config(b, 0, "QAM -> AWR flow")
+    assert "| SFT |" in md and "best-of-16 -> AWR flow" in md and "**Critic probe**" in md
+    # a method's run starts from the SFT checkpoint (its BC flow equals SFT's) on the main job's protocol;
+    # a method with its own extraction acts with it alone, LWD with the best of 16 under its critic
+    cfg = benchmark.run_config(b, 0, "best-of-16 -> AWR flow")
     assert cfg.init_from == sft and cfg.agent.extraction == "awr" and cfg.data.pretrain_data == "demos"
+    assert cfg.agent.qam.best_of_n == 1 and cfg.agent.base_bc_data == "batch"
+    lwd = benchmark.run_config(get_config(""), 0, "LWD")
+    assert lwd.agent.extraction == "best_of_n" and lwd.agent.qam.best_of_n == 16 and lwd.online.control_hz == 20.0
+    assert lwd.tasks == "puzzle_3x3_diagonal_off,scene_open_drawer,cube_stack,scene_unlock_and_open"
+    assert lwd.eval.episodes_per_task == 48 and lwd.online_steps == 10_000
     with pytest.raises(ValueError, match="no such field"):
         b.extra = "agent.nonsense=1"
         benchmark.run_config(b, 0, "LWD")
