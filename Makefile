@@ -47,7 +47,7 @@ data: install
 	else $(PY) -m lwd_jax.sim.generate --config=$(DATA_CONFIG):large --config.out_dir=$(OFFLINE); fi
 
 test: install
-	XLA_PYTHON_CLIENT_PREALLOCATE=false TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q $(PYTEST_ARGS)
+	XLA_PYTHON_CLIENT_PREALLOCATE=false TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 # The whole flywheel: BC pretrain (SFT), offline LWD, then the learner service plus bridge daemons (one process
 # per simulated robot) on loopback for the online budget; ends with the per-task table, the paired tests and the

@@ -31,6 +31,7 @@ from experiments.train import check_config, data_settings, load_data, run
 from lwd_jax.learner.eval_report import EpisodeResult, paired_markdown, paired_success, wilson_interval, with_seed
 from lwd_jax.learner.evaluation import load_episodes
 from lwd_jax.learner.local_fleet import plan_fleet
+from lwd_jax.learner.online import fleet_log_path
 from lwd_jax.learner.plots import trailing_mean
 from lwd_jax.sim.tasks import get_task
 
@@ -285,9 +286,15 @@ def critic_probes(bcfg: ml_collections.ConfigDict, methods: list[str]) -> dict[s
                         stats["policy_success"] = float(np.mean([t["success_rate"] for t in res[stage].values()]))
                     per_stage.setdefault(stage, []).append(stats)
         if per_stage:
-            out[method] = {stage: {"seeds": len(ss), **{k: float(np.nanmean([s.get(k, np.nan) for s in ss])) for k in PROBE_KEYS}}
+            out[method] = {stage: {"seeds": len(ss), **{k: _nanmean([s.get(k, np.nan) for s in ss]) for k in PROBE_KEYS}}
                            for stage, ss in per_stage.items()}
     return out
+
+
+def _nanmean(xs: list[float]) -> float:
+    """Mean of the finite values; NaN (no warning) when a probe is absent in every seed (e.g. no best-of-N)."""
+    finite = [float(x) for x in xs if np.isfinite(x)]
+    return float(np.mean(finite)) if finite else float("nan")
 
 
 def _fmt(x: float, nd: int = 2) -> str:
@@ -368,7 +375,7 @@ def plot_method(bcfg: ml_collections.ConfigDict, method: str, rows: dict[str, An
     fig, ax = plt.subplots(figsize=(6.5, 4), dpi=120)
     n_last = 0
     for k, seed in enumerate(bcfg.seeds):
-        path = os.path.join(workdir(bcfg, seed, method), "fleet_episodes.jsonl")
+        path = fleet_log_path(workdir(bcfg, seed, method))
         if not os.path.exists(path):
             continue
         cfg = run_config(bcfg, seed, method)

@@ -42,6 +42,7 @@ from lwd_jax.data.rlds_writer import RLDSWriter
 from lwd_jax.fake import random_batches, random_obs
 from lwd_jax.learner.auth import TokenAuth
 from lwd_jax.learner.local_fleet import ROBOT_ENV
+from lwd_jax.learner.online import fleet_log_path
 from lwd_jax.learner.service import FleetServicer, PolicyStore, serve
 from lwd_jax.policy import encode_policy
 from robot_bridge.client import LearnerClient
@@ -164,7 +165,7 @@ def bench_methods(quick: bool, repeats: int) -> dict[str, Any]:
             "online_steps": cfg.online_steps if online else 0,
             "fleet_episodes": cfg.online.fleet_episodes if online else 0,
         }
-        log = os.path.join(benchmark.workdir(bcfg, 0, method), "fleet_episodes.jsonl")
+        log = fleet_log_path(benchmark.workdir(bcfg, 0, method))
         if online and os.path.exists(log):
             with open(log) as f:
                 row["fleet_episodes_stored_seed0"] = sum(1 for _ in f)

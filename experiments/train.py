@@ -299,8 +299,6 @@ def run(cfg: ml_collections.ConfigDict, data: OfflineData | None = None, stop: t
             json.dump(paired, f, indent=1)
     if report is not None:
         table_md += "\n\n" + online_summary(cfg, report)
-        with open(os.path.join(cfg.workdir, "fleet_episodes.jsonl"), "w") as f:  # the plot's data, for reuse
-            f.writelines(json.dumps(dataclasses.asdict(e)) + "\n" for e in report.fleet_episodes)
         plots.success_vs_fleet_episodes(
             report.fleet_episodes, os.path.join(cfg.workdir, "success_vs_fleet_episodes.png"),
             autonomous=set(report.autonomous_robots), window=3 * len(tasks),

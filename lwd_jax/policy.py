@@ -96,6 +96,11 @@ class Policy:
             self._embed(list(instructions))
 
     @property
+    def needs_image(self) -> bool:
+        """Whether this policy reads the camera (`observation/image`), besides state and language."""
+        return bool(self.agent_cfg.get("use_image", False))
+
+    @property
     def chunk_len(self) -> int:
         return int(self.agent_cfg.action_horizon)
 

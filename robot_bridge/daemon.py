@@ -81,6 +81,7 @@ class DaemonConfig:
     backend: str = "sim"  # "sim" or "package.module:RobotClass" (real hardware adapter)
     control_hz: float = 20.0  # ticks per second; 0 = as fast as possible (simulation only)
     teleop: bool = False  # a (simulated) human watches this robot and takes over when needed
+    render: bool = False  # sim backend: camera images in the observations (for image policies; MUJOCO_GL=egl)
     seed: int = 0  # scene seeds of this robot's episodes derive from it
     max_episodes: int = 0  # stop after this many episodes (0: run until stopped)
     heartbeat_s: float = 5.0
@@ -190,7 +191,9 @@ class BridgeDaemon:
         self._threads: list[threading.Thread] = []
 
     def _backend_kwargs(self) -> dict[str, Any]:
-        return {"teleop": self.config.teleop, "tasks": list(self.config.tasks)} if self.config.backend == "sim" else {}
+        if self.config.backend != "sim":
+            return {}
+        return {"teleop": self.config.teleop, "tasks": list(self.config.tasks), "render": self.config.render}
 
     def _make_client(self) -> LearnerClient:
         c = self.config
@@ -300,6 +303,8 @@ class BridgeDaemon:
 
         obs = {"state": np.zeros(schema.STATE_DIM, np.float32), "state_mask": np.ones(schema.STATE_DIM, bool),
                "proprio": np.zeros(schema.PROPRIO_DIM, np.float32)}
+        if policy.needs_image:  # an image policy (its robot renders or has a camera)
+            obs["image"] = np.zeros(schema.IMAGE_SHAPE, np.uint8)
         wordings = [w for t in self.config.tasks for w in self.robot.instructions(t)]
         policy.prepare(wordings)
         policy(obs, wordings[0] if wordings else "warm up")

@@ -20,11 +20,13 @@ class SimRobot(Robot):
     since building a scene costs about as much as a short episode.
     """
 
-    def __init__(self, *, teleop: bool = False, teleop_config: Any = None, tasks: list[str] | None = None):
+    def __init__(self, *, teleop: bool = False, teleop_config: Any = None, tasks: list[str] | None = None,
+                 render: bool = False):
         unknown = [t for t in tasks or [] if t not in TASKS]
         if unknown:
             raise ValueError(f"field 'tasks': unknown task(s) {unknown} (known: {sorted(TASKS)})")
         self._teleop_on = teleop
+        self._render = render  # camera images in every observation (needs MUJOCO_GL=egl or osmesa)
         self._teleop_config = teleop_config
         self._envs: dict[str, Any] = {}
         self._env: Any = None
@@ -41,7 +43,7 @@ class SimRobot(Robot):
         t = get_task(task)
         env = self._envs.get(t.backend)
         if env is None:
-            env = self._envs[t.backend] = SimEnv(t)
+            env = self._envs[t.backend] = SimEnv(t, render=self._render)
         else:
             env.set_task(t)
         self._env = env

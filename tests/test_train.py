@@ -7,6 +7,7 @@ import pytest
 
 from experiments.configs.multitask import get_config
 from experiments.train import check_config, run
+from lwd_jax.learner.online import fleet_log_path
 
 
 def _cfg(data_cfg, workdir):
@@ -87,6 +88,9 @@ def test_mini_flywheel_end_to_end(smoke_dataset, tmp_path, capsys):
         assert len(logged) == 2 and not os.listdir(tmp_path / "fleet" / r / "state" / "spool" / "pending")
         robot_ids += [x["episode_id"] for x in logged]
     assert sorted(ep.episode_id for ep in fleet) == sorted(robot_ids)  # every fleet episode landed exactly once
+    with open(fleet_log_path(str(tmp_path))) as f:  # the one fleet log (plots and the benchmark read it)
+        assert sorted(json.loads(x)["episode_id"] for x in f) == sorted(robot_ids)
+    assert not (tmp_path / "fleet_episodes.jsonl").exists()  # no second copy of it
     total = cfg.pretrain_steps + cfg.offline_steps + cfg.online_steps
     assert {ep.policy_version for ep in fleet} <= set(range(cfg.pretrain_steps + cfg.offline_steps, total + 1))
     assert not any(ep.intervention.any() for ep in fleet if ep.robot_id == "robot-1")  # robot-1 has no human attendant

@@ -18,6 +18,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.workers = 2
     c.episodes_per_shard = 32
     c.durable = True
+    # Camera images in every observation (64x64 RGB, PNG in the RLDS features), rendered headless in the
+    # workers (EGL, Mesa's llvmpipe on CPU machines; LWD_RENDER_GL=osmesa for OSMesa). Off: the CPU default
+    # policy reads state and language only.
+    c.render = False
     # Each kind: how many episodes per task, and the scripted expert's knobs (lwd_jax.sim.experts.ExpertConfig).
     # demo: the clean demonstrator ("expert demos"). rollout: a noisy, sometimes failing policy ("old rollouts").
     # exploration: deliberate failure modes (drop, wrong order, stall) with noise ("exploratory/failure data").

@@ -30,6 +30,7 @@ from lwd_jax.learner.eval_report import EpisodeResult, summarize
 from lwd_jax.learner.metrics_log import MetricsLogger
 from lwd_jax.policy import Policy, encode_policy
 from lwd_jax.sim.env import make_env
+from lwd_jax.sim.jobs import children_render
 from lwd_jax.sim.recorder import record_episode
 from lwd_jax.sim.teleop import TeleopConfig
 
@@ -55,18 +56,20 @@ def run_policy_episode(policy: Any, task: str, seed: int, teleop: Any = None) ->
     """
     env = _WORKER.setdefault("envs", {}).get(task)
     if env is None:  # building a MuJoCo scene costs as much as a short episode: one per task per worker
-        env = _WORKER["envs"][task] = make_env(task)
+        env = _WORKER["envs"][task] = make_env(task, render=_WORKER.get("render", False))
     ep = record_episode(task, policy, seed=seed, teleop=teleop, env=env, validate=False).episode
     return episode_result(ep, seed, env.step_budget)
 
 
-def _init_worker(blob: bytes, seed: int) -> None:
+def _init_worker(blob: bytes, seed: int, render: bool = False) -> None:
     # Workers act on the CPU unless told otherwise (before JAX picks a backend: nothing has run yet here), so
     # evaluation never competes with the learner for an accelerator. MuJoCo's GL backend was fixed when the
-    # sim was imported (lwd_jax.sim: headless default "disable"; eval never renders).
+    # sim was imported (lwd_jax.sim: headless default "disable"; a rendering evaluation starts its workers with
+    # a GL backend, `children_render`).
     if "JAX_PLATFORMS" not in os.environ:
         jax.config.update("jax_platforms", "cpu")
     _WORKER["policy"] = Policy(blob, seed=seed)
+    _WORKER["render"] = render
 
 
 def _run_job(job: tuple[str, int, Any]) -> EpisodeResult:
@@ -90,26 +93,29 @@ def evaluate(
     workers: int = 1,
     all_tasks: Sequence[str] | None = None,
     teleop: Any = False,
+    render: bool = False,
 ) -> list[EpisodeResult]:
     """Every (task, episode) once; results in job order whatever the worker count.
 
     `episodes_per_task`: one count for every task, or a count per task. `all_tasks`: the registry order that
     fixes each task's reset seeds (so a subset meets the same scenes as a full run). `teleop`: False, True (the
     default simulated teleoperator) or a `TeleopConfig`; with one, `intervention_rate` is the fraction of steps
-    it drove and success counts the human's help.
+    it drove and success counts the human's help. `render`: camera images in the observations (an image
+    policy); the episodes then run in worker processes (at least one) that render, never in this one.
     """
     order = list(all_tasks) if all_tasks is not None else list(tasks)
     counts = episodes_per_task if isinstance(episodes_per_task, Mapping) else {t: episodes_per_task for t in tasks}
     human = _teleop_config(teleop)
     jobs = [(t, eval_episode_seed(seed, order.index(t), i), human) for t in tasks for i in range(int(counts[t]))]
-    if workers <= 1:
+    if workers <= 1 and not render:
         _init_worker(blob, seed)
         return [_run_job(j) for j in jobs]
     # Why an executor, not multiprocessing.Pool: a Pool whose worker dies (a MuJoCo segfault, the OOM killer) or
     # whose initializer raises (a bad blob) respawns workers and waits forever for the lost job; the executor
     # marks itself broken and every pending result raises, so a run fails loudly instead of hanging.
     ctx = mp.get_context("spawn")  # never fork a process that holds JAX/TF threads
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(blob, seed)) as pool:
+    with children_render(render), ProcessPoolExecutor(max(workers, 1), mp_context=ctx, initializer=_init_worker,
+                                                      initargs=(blob, seed, render)) as pool:
         try:
             return list(pool.map(_run_job, jobs))
         except BrokenProcessPool as e:
@@ -217,5 +223,6 @@ def evaluate_state(cfg, agent, state, stats, tasks, all_tasks, kind: str) -> tup
         agent_cfg.qam.best_of_n = int(cfg.eval.best_of_n)
     params = jax.device_get(policy_params(state, kind))
     blob = encode_policy(agent_cfg, params, stats, version=int(state.step), kind=kind)
-    res = evaluate(blob, tasks, cfg.eval.episodes_per_task, cfg.eval.seed, cfg.eval.workers, all_tasks)
+    res = evaluate(blob, tasks, cfg.eval.episodes_per_task, cfg.eval.seed, cfg.eval.workers, all_tasks,
+                   render=bool(cfg.agent.use_image))
     return summarize(res), res

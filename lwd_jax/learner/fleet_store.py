@@ -86,6 +86,7 @@ class FleetStore:
         durable: bool = True,
         keep: str = "all",
         recent: int = RECENT_EPISODES,
+        with_image: bool = False,
     ):
         self.rlds_dir = rlds_dir
         self._cut = dict(chunk_len=chunk_len, n_chunks=n_chunks, gamma=gamma, task_ids=dict(task_ids))
@@ -93,7 +94,9 @@ class FleetStore:
         if keep not in KEEP_MODES:
             raise ValueError(f"FleetStore.keep: expected one of {KEEP_MODES}, got {keep!r}")
         self.keep = keep
-        self.writer = RLDSWriter(rlds_dir, durable=durable, known_tasks=dict(task_ids))
+        # with_image: the fleet's episodes carry camera frames (an image policy's robots); a new dataset takes
+        # that layout, an existing one must already have it (RLDSWriter refuses a mix, naming the field)
+        self.writer = RLDSWriter(rlds_dir, durable=durable, known_tasks=dict(task_ids), with_image=with_image)
         self.buffer = TransitionBuffer(capacity)
         # The human-driven chunks again, on their own (a few % of fleet steps): the expert data a base flow can
         # clone beside the RL batch (agent.base_bc_data = "expert"). With keep="human" it is the buffer itself.

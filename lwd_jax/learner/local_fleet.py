@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from lwd_jax.learner.auth import generate_token
+from lwd_jax.sim.jobs import render_gl
 
 # One XLA thread per robot: inference of one action chunk is small, and the learner needs the cores.
 ROBOT_ENV = {
@@ -118,6 +119,8 @@ class LocalFleet:
 
     def start(self) -> None:
         env = {**os.environ, **ROBOT_ENV}
+        if self.extra.get("render"):  # robots that render get a GL backend (lwd_jax/sim/jobs.py: render_gl)
+            env["MUJOCO_GL"] = render_gl()
         for s in self.specs:
             d = self.root / s.robot_id
             log = open(d / "daemon.log", "ab")

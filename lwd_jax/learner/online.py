@@ -118,7 +118,7 @@ def run_online(
     batch of it and of the fleet's human-driven chunks (batch["bc"]), which the base flow clones."""
     oc = cfg.online
     check_serving(oc)
-    root = os.path.join(cfg.workdir, "fleet")
+    root = os.path.join(cfg.workdir, "fleet")  # fleet_log_path below names what it holds
     # Every registered wording, embedded in one batch (so the servicer's thread never has to embed one), and
     # carried in every blob (so robots need no text encoder).
     wordings = [w for t in tasks for w in get_task(t).instructions]
@@ -132,7 +132,7 @@ def run_online(
         raise ValueError("run_online: agent.base_bc_data='expert' needs the expert buffer (BC pretraining's data)")
     store = FleetStore(os.path.join(root, "rlds"), chunk_len=cfg.agent.action_horizon, n_chunks=n_online,
                        gamma=cfg.data.gamma, task_ids=task_ids, table=table, capacity=cfg.data.online_capacity,
-                       keep="human" if hg_dagger else "all")
+                       keep="human" if hg_dagger else "all", with_image=bool(cfg.agent.use_image))
     t_rebuild = time.perf_counter()
     seen = store.rebuild()
     if seen:
@@ -140,7 +140,9 @@ def run_online(
               f"transitions in {time.perf_counter() - t_rebuild:.1f} s", flush=True)
 
     specs = plan_fleet(oc.num_robots, tasks, oc.fleet_episodes, oc.teleop_robots, cfg.seed)
-    fleet = LocalFleet(root, specs, control_hz=oc.control_hz, extra_config={"shutdown_drain_s": 30.0})
+    # An image policy needs robots that render their camera (robot.toml `render`; a GL backend for them)
+    extra = {"shutdown_drain_s": 30.0, **({"render": True} if cfg.agent.use_image else {})}
+    fleet = LocalFleet(root, specs, control_hz=oc.control_hz, extra_config=extra)
     policies = PolicyStore()
     embedded_tokens = fleet.make_tokens()
     auth = (TokenAuth.watching(oc.tokens_file, embedded_tokens) if oc.tokens_file
@@ -258,6 +260,12 @@ def online_fraction(cfg: ml_collections.ConfigDict, n_offline: int, n_online: in
     if cfg.data.online_mix == "proportional":
         return n_online / max(n_offline + n_online, 1)
     return float(cfg.data.online_fraction)
+
+
+def fleet_log_path(workdir: str) -> str:
+    """The fleet log of a run's online stage (one JSON line per accepted episode: FleetStore's log beside the
+    fleet dataset, `<workdir>/fleet/rlds.episodes.jsonl`): what plots and benchmarks read after the run."""
+    return os.path.join(workdir, "fleet", "rlds.episodes.jsonl")
 
 
 def _paced_episodes(fleet_episodes: int, updates_after: int, updates_total: int) -> int:

@@ -7,6 +7,7 @@ parallel (spawned workers, one env per task reused across episodes), while one p
 writer (the writer is single-writer by design and commits shards atomically). Every episode's seed is a
 pure function of (config seed, task, kind, index), so the dataset is reproducible whatever the worker
 count and completion order; episodes are written in completion order, which only changes shard layout.
+With `render`, every observation carries the 64x64 camera image (rendered in the workers, never here).
 A `.complete` marker is written last, so `make data` regenerates a dataset that was interrupted.
 """
 
@@ -27,15 +28,11 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from lwd_jax.data.rlds_writer import RLDSWriter
-from lwd_jax.sim.env import make_env
-from lwd_jax.sim.experts import ExpertConfig
-from lwd_jax.sim.recorder import record_episode
+from lwd_jax.sim.jobs import children_render, dataset_job
 from lwd_jax.sim.tasks import get_task, parse_tasks, task_names
-from lwd_jax.sim.teleop import TeleopConfig
 
 COMPLETE_MARKER = ".complete"
 KIND_STREAM = {"demo": 0, "rollout": 1, "exploration": 2, "intervention": 3}
-_ENVS: dict[str, Any] = {}
 
 
 def dataset_episode_seed(seed: int, task_index: int, kind: str, index: int) -> int:
@@ -57,20 +54,6 @@ def make_jobs(cfg: ml_collections.ConfigDict, tasks: list[str], all_tasks: list[
     return jobs
 
 
-def _run_job(args: tuple[str, str, int, dict]) -> Any:
-    """Worker: one episode of `task` by the expert configured for `kind` (envs cached per task)."""
-
-    task, kind, seed, spec = args
-    expert = ExpertConfig(
-        noise_std=spec["noise_std"], p_drop=spec["p_drop"], p_wrong_order=spec["p_wrong_order"], p_stall=spec["p_stall"]
-    )
-    teleop = TeleopConfig() if spec["teleop"] else None
-    if task not in _ENVS:  # building a MuJoCo scene costs more than a short episode: reuse it
-        _ENVS[task] = make_env(task)
-    res = record_episode(task, expert, seed=seed, teleop=teleop, env=_ENVS[task], robot_id=f"datagen-{kind}")
-    return kind, res.episode
-
-
 def resolve_tasks(spec: str) -> tuple[list[str], list[str]]:
     return parse_tasks(spec), task_names()
 
@@ -89,13 +72,15 @@ def generate(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     stats: dict[str, dict[str, list]] = collections.defaultdict(lambda: collections.defaultdict(list))
     pending: list = []
     steps = 0
-    with RLDSWriter(cfg.out_dir, durable=cfg.durable) as writer:
-        args = [(t, k, s, specs[k]) for t, k, s in jobs]
-        if cfg.workers > 1:
-            pool = mp.get_context("spawn").Pool(cfg.workers)
-            results = pool.imap_unordered(_run_job, args)
+    render = bool(cfg.render)
+    with RLDSWriter(cfg.out_dir, durable=cfg.durable, with_image=render) as writer:
+        args = [(t, k, s, specs[k], render) for t, k, s in jobs]
+        if cfg.workers > 1 or render:  # rendering only ever in workers (lwd_jax/sim/jobs.py says why)
+            with children_render(render):
+                pool = mp.get_context("spawn").Pool(max(int(cfg.workers), 1))
+            results = pool.imap_unordered(dataset_job, args)
         else:
-            pool, results = None, map(_run_job, args)
+            pool, results = None, map(dataset_job, args)
         try:
             for kind, ep in tqdm(results, total=len(args), desc="episodes", unit="ep", dynamic_ncols=True):
                 s = stats[ep.task]
