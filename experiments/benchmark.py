@@ -325,7 +325,9 @@ def markdown(out: dict[str, Any]) -> str:
                 else:
                     cells.append(_fmt(s[key], nd))
             avgs = [f"{_fmt(r[g][key], nd)} ± {_fmt(r[g][key + '_seed_std'], nd)}" for g in ("average", "average_short", "average_long")]
-            lines.append(f"| {name} | " + " | ".join(cells + avgs) + " |")
+            partial = len(r["seeds"]) < len(out["seeds"])  # a benchmark still running, or resumed for some rows
+            label = f"{name} (seeds {', '.join(map(str, r['seeds']))} only)" if partial else name
+            lines.append(f"| {label} | " + " | ".join(cells + avgs) + " |")
         lines.append("")
 
     main = [n for n, _, _ in TABLE_ROWS if n in rows]

@@ -10,8 +10,8 @@ Variants, selected after the colon:
     every task with the 10-demo mix, as before: that default could not improve by construction (BC on the
     whole noisy mix left a 0.15 policy that 2,000 online updates did not move; README, Results), while this
     protocol is the one measured to turn the flywheel (README, "The flywheel study").
-  * "suite": every task, the paper's extraction (QAM) and the older CPU budgets: the base the method benchmark
-    (experiments/configs/benchmark.py), `make bench` and "gpu" build on.
+  * "suite": every task, the paper's extraction (QAM) and the older CPU budgets: the base `make bench` and
+    "gpu" build on (the method benchmark, experiments/configs/benchmark.py, runs on the main job).
   * "smoke": tiny nets and budgets on "suite": what the tests train and resume.
   * "gpu": the public QAM reference sizes (4x512 MLPs, batch 256) on "suite", for an accelerator.
 Any field can be overridden on the command line, e.g. `--config.agent.actor_lr=1e-4`; an unknown field
