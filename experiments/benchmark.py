@@ -24,7 +24,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from experiments.cli import config_main
+from experiments.cli import ConfigError, config_main
 from experiments.configs import benchmark as bench_cfg
 from experiments.configs.multitask import get_config
 from experiments.train import check_config, data_settings, load_data, run
@@ -120,7 +120,7 @@ def run_benchmark(bcfg: ml_collections.ConfigDict) -> dict[str, Any]:
     methods = list(bench_cfg.METHODS) if bcfg.methods == "all" else [m.strip() for m in bcfg.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in bench_cfg.METHODS]
     if unknown:
-        raise ValueError(f"config.methods: unknown {unknown}; known: {list(bench_cfg.METHODS)}")
+        raise ConfigError(f"config.methods: unknown {unknown}; known: {list(bench_cfg.METHODS)} or 'all'")
     t_start = time.time()
     loaded: dict[tuple, Any] = {}  # the offline data of the last setting, read once for every run that shares it
     for seed in bcfg.seeds:

@@ -201,6 +201,7 @@ def test_benchmark_driver_end_to_end(smoke_dataset, tmp_path):
     """SFT once, methods from its checkpoint (HG-DAgger and LWD-QAM online, an offline ablation), tables,
     JSON and a plot; every run is the main job's protocol with the method's switches."""
     from experiments import benchmark
+    from experiments.cli import ConfigError
     from experiments.configs.benchmark import get_config
 
     data_cfg, _ = smoke_dataset
@@ -245,6 +246,9 @@ def test_benchmark_driver_end_to_end(smoke_dataset, tmp_path):
     with pytest.raises(ValueError, match="no such field"):
         b.extra = "agent.nonsense=1"
         benchmark.run_config(b, 0, "LWD")
+    b.methods = "LWD,NoSuchMethod"  # a one-line error (exit 2 from the command line) before any run
+    with pytest.raises(ConfigError, match="unknown \\['NoSuchMethod'\\]"):
+        benchmark.run_benchmark(b)
 
 
 def test_recap_policy_acts_with_the_configured_indicator():

@@ -109,7 +109,7 @@ class SimEnv:
         if render and os.environ.get("MUJOCO_GL") == "disable":
             raise RuntimeError(
                 f"task {task.name!r}: render=True but MUJOCO_GL=disable (lwd_jax.sim's headless default); "
-                "set MUJOCO_GL=egl (GPU) or osmesa before importing lwd_jax.sim"
+                "set MUJOCO_GL=egl (GPUs, and Mesa's llvmpipe on CPU machines) or osmesa before importing lwd_jax.sim"
             )
         self.render = render
         self.ogb_env = _backend_env(task.backend, render)
