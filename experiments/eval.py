@@ -11,7 +11,6 @@ stdout. Deterministic given `seed`: the same checkpoint and config give the same
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -21,7 +20,7 @@ from experiments.cli import ConfigError, config_main
 from experiments.configs.eval.common import episodes_for
 from lwd_jax.learner import eval_report, evaluation
 from lwd_jax.learner.export import export_policy
-from lwd_jax.policy import KINDS, decode_policy
+from lwd_jax.policy import KINDS, needs_image
 from lwd_jax.sim.tasks import parse_tasks, task_names
 
 
@@ -64,11 +63,9 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
           f"{sum(episodes.values())} episodes over {len(tasks)} task(s), {cfg.workers} worker(s), "
           f"teleop {'on' if cfg.teleop else 'off'}", flush=True)
     t0 = time.time()
-    header = decode_policy(exported.blob)[0]
-    image_policy = bool(json.loads(header["agent_config"]).get("use_image", False))  # it needs camera frames
     results = evaluation.evaluate(
         exported.blob, tasks, episodes, cfg.seed, cfg.workers, all_tasks=task_names(), teleop=cfg.teleop,
-        render=image_policy,
+        render=needs_image(exported.blob),  # an image policy is evaluated by rendering workers
     )
     stem = report_stem(cfg, tasks)
     report = eval_report.write_report(

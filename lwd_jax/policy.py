@@ -50,17 +50,28 @@ def encode_policy(agent_cfg: ml_collections.ConfigDict, params: Any, stats: Norm
     return _MAGIC + struct.pack("<Q", len(header)) + header + flax.serialization.msgpack_serialize(tree)
 
 
-def decode_policy(blob: bytes) -> tuple[dict[str, Any], Any, dict[str, np.ndarray]]:
-    """Inverse of `encode_policy`: (header, params, {wording: embedding}); raises ValueError naming what is
-    wrong with a bad blob."""
+def read_header(blob: bytes) -> tuple[dict[str, Any], int]:
+    """(the blob's JSON header, where its params body starts), without decoding the params; raises ValueError
+    naming what is wrong with a bad blob."""
     if not blob.startswith(_MAGIC):
         raise ValueError("policy blob: bad magic (not an lwd-jax policy, or a truncated download)")
     (n,) = struct.unpack("<Q", blob[len(_MAGIC) : len(_MAGIC) + 8])
     start = len(_MAGIC) + 8
     if start + n > len(blob):
         raise ValueError(f"policy blob: header of {n} bytes runs past the blob's {len(blob)} bytes (truncated)")
-    header = json.loads(blob[start : start + n])
-    body = flax.serialization.msgpack_restore(blob[start + n :])
+    return json.loads(blob[start : start + n]), start + n
+
+
+def needs_image(blob: bytes) -> bool:
+    """Whether the blob's policy reads the camera (`observation/image`): its agent config's use_image."""
+    return bool(json.loads(read_header(blob)[0]["agent_config"]).get("use_image", False))
+
+
+def decode_policy(blob: bytes) -> tuple[dict[str, Any], Any, dict[str, np.ndarray]]:
+    """Inverse of `encode_policy`: (header, params, {wording: embedding}); raises ValueError naming what is
+    wrong with a bad blob."""
+    header, body_start = read_header(blob)
+    body = flax.serialization.msgpack_restore(blob[body_start:])
     texts = header.get("instructions", [])
     if not texts:
         return header, body, {}

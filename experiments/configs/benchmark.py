@@ -32,7 +32,8 @@ TASKS = multitask.MAIN_TASKS
 # cloning the demos and the human chunks online. A method with its own extraction resets those three
 # switches: it acts with its own actor alone (no best-of-16 on top) from the frozen SFT flow (the suite's
 # defaults), so a row measures that method's extraction, not LWD's selection.
-OWN_EXTRACTION = {"agent.qam.best_of_n": 1, "agent.base_bc_data": "batch", "agent.qam.base_reference": "frozen"}
+FROZEN_FLOW = {"agent.base_bc_data": "batch", "agent.qam.base_reference": "frozen"}  # the SFT flow, never retrained
+OWN_EXTRACTION = {"agent.qam.best_of_n": 1, **FROZEN_FLOW}
 
 # name -> overrides (dotted keys of experiments/configs/multitask.py; "stage" and budgets are overrides too).
 # Evaluations: "offline" (after offline RL), "online" (after the fleet stage); the SFT row is the pretrain
@@ -64,8 +65,7 @@ ABLATIONS = {
     "n-step -> 1-step": dict(stage="offline", **{"data.n_chunks_offline_long": 1}),  # it re-reads the data
     # of the online stage (rows against "LWD online"): the BC flow frozen online (run D: the corrections then
     # reach only the critic), and the paper's optimistic online bootstrap level
-    "online flow frozen": dict(stage="all", **{"agent.base_bc_data": "batch", "agent.qam.base_reference": "frozen",
-                                               "eval.offline": False}),
+    "online flow frozen": dict(stage="all", **FROZEN_FLOW, **{"eval.offline": False}),
     "tau_base online 0.6 -> 0.9": dict(stage="all", **{"agent.divl.tau_base_online": 0.9, "eval.offline": False}),
 }
 METHODS = {**MAIN_METHODS, **ABLATIONS}
