@@ -108,6 +108,10 @@ def load_offline(
     }
     key_map, defaults = load_key_map_file(cfg.data.key_map_file) if cfg.data.key_map_file else (None, None)
     reader = RLDSReader(cfg.data.offline_dir, key_map=key_map, defaults=defaults)
+    if cfg.agent.use_image and not reader.has_image:  # else the first update fails deep in the encoder
+        raise ValueError(f"config.agent.use_image: the offline dataset {cfg.data.offline_dir} has no camera images "
+                         "(field 'observation/image'); generate it with data.render=True, or map an image "
+                         "feature in data.key_map_file")
     cols = reader.load_transitions(
         chunk_len=cfg.agent.action_horizon, n_chunks=n_chunks, gamma=cfg.data.gamma, task_ids=task_ids, stride=cfg.data.stride
     )

@@ -105,6 +105,15 @@ def test_mini_flywheel_end_to_end(smoke_dataset, tmp_path, capsys):
     assert max(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()) == total + cfg.updates_per_call
 
 
+def test_image_policy_on_a_dataset_without_images_is_a_clear_error(smoke_dataset, tmp_path):
+    data_cfg, _ = smoke_dataset  # generated without images
+    cfg = _cfg(data_cfg, tmp_path)
+    cfg.agent.use_image = True
+    with pytest.raises(ValueError, match="config.agent.use_image: .* has no camera images .*observation/image"):
+        run(cfg)
+    assert not (tmp_path / "checkpoints").exists()  # refused before any training
+
+
 def test_config_errors_name_the_key(tmp_path):
     cfg = get_config("smoke")
     cfg.stage = "sideways"
