@@ -4,7 +4,9 @@ import math
 
 import pytest
 
-from lwd_jax.learner.eval_report import EpisodeResult, markdown_table, paired_success, summarize, wilson_interval
+from lwd_jax.learner.eval_report import (
+    EpisodeResult, markdown_table, paired_markdown, paired_success, summarize, wilson_interval, with_seed,
+)
 
 
 @pytest.mark.parametrize(
@@ -51,3 +53,26 @@ def test_paired_success_counts_discordant_pairs_on_shared_scenes():
     assert out["mcnemar_p"] == pytest.approx(2 * sum(math.comb(14, k) for k in range(3)) / 2**14)
     assert out["diff_lo"] < 0.25 < out["diff_hi"] and out["diff_lo"] > 0
     assert paired_success(a, [])["n"] == 0
+    assert "seed_diffs" not in out  # one unnamed seed: the checkpoint-level test only
+
+
+def test_paired_success_over_seeds_is_wider_when_seeds_disagree():
+    """Pooled over training seeds: seed 0's policy wins 30 of 40 scenes, seed 1's loses 10 of 40. The pooled
+    pair-level interval excludes 0 (these checkpoints differ); the interval over seeds and scenes must not
+    (the two training runs disagree about the method), and the per-seed differences are exact."""
+    a, b = [], []
+    for s, wins, losses in ((0, 30, 0), (1, 0, 10)):
+        ea, eb = [], []
+        for i in range(40):
+            sa, sb = (True, False) if i < wins else (False, True) if i < wins + losses else (True, True)
+            ea.append(EpisodeResult("t", i, sa, 10, float(sa), 100))
+            eb.append(EpisodeResult("t", i, sb, 10, float(sb), 100))
+        a += with_seed(ea, s)
+        b += with_seed(eb, s)
+    out = paired_success(a, b)
+    assert out["diff"] == pytest.approx(0.25) and out["diff_lo"] > 0
+    assert out["seed_diffs"] == pytest.approx({"0": 0.75, "1": -0.25})
+    assert out["diff_lo_seeds"] < 0 < out["diff_hi_seeds"]
+    assert out["diff_hi_seeds"] - out["diff_lo_seeds"] > 2 * (out["diff_hi"] - out["diff_lo"])
+    md = paired_markdown({"x vs y": out})
+    assert "+0.75 -0.25" in md and "over seeds and scenes" in md
