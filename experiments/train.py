@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from experiments.cli import ConfigError, config_main, stop_on_signals
+from fleet_api.embodiment import Embodiment, load_embodiment
 from lwd_jax import sharding as shd
 from lwd_jax.agent import LWDAgent
 from lwd_jax.data import batching
@@ -38,8 +39,10 @@ from lwd_jax.learner.local_fleet import plan_fleet
 from lwd_jax.learner.loop import Learner, Phase
 from lwd_jax.learner.metrics_log import MetricsLogger
 from lwd_jax.learner.online import check_serving, run_online
+from lwd_jax.learner.task_catalog import load_catalog, parse_task_list, simulated
+from lwd_jax.learner.task_catalog import task_ids as catalog_task_ids
 from lwd_jax.nets.language import get_default_encoder
-from lwd_jax.sim.tasks import get_task, parse_tasks, task_names
+from lwd_jax.sim.tasks import task_names
 
 STAGES = ("offline", "online", "all")
 PRETRAIN_DATA = ("all", "demos")
@@ -75,8 +78,7 @@ def check_config(cfg: ml_collections.ConfigDict) -> list[str]:
         raise ValueError(f"config.batch_size: {cfg.batch_size} must divide over {jax.device_count()} devices")
     if not 0.0 < cfg.data.gamma <= 1.0:
         raise ValueError(f"config.data.gamma: expected in (0, 1], got {cfg.data.gamma}")
-    if cfg.agent.action_dim != 5:
-        raise ValueError(f"config.agent.action_dim: the manipspace suite has 5-d actions, got {cfg.agent.action_dim}")
+    embodiment_of(cfg)  # the robot's body: the policy's action size and chunk length must be its
     if int(cfg.eval.best_of_n) < 0 or int(cfg.eval.best_of_n) == 1:
         raise ValueError(f"config.eval.best_of_n: expected 0 (no best-of-N probe) or N >= 2, got {cfg.eval.best_of_n}")
     if cfg.data.pretrain_data not in PRETRAIN_DATA:
@@ -87,11 +89,27 @@ def check_config(cfg: ml_collections.ConfigDict) -> list[str]:
         raise ValueError(f"config.online_learner: expected one of {ONLINE_LEARNERS}, got {cfg.online_learner!r}")
     if cfg.init_from and not os.path.isdir(os.path.join(cfg.init_from, "checkpoints")):
         raise ValueError(f"config.init_from: no checkpoints/ in {cfg.init_from!r}")
-    tasks = parse_tasks(cfg.tasks)
+    tasks = parse_task_list(cfg.tasks, load_catalog(cfg.task_file), cfg.task_file)
+    foreign = [t for t in tasks if not simulated(t)]
+    if foreign and cfg.stage in ("online", "all") and cfg.online_steps and cfg.online.num_robots:
+        raise ValueError(f"config.online.num_robots: the embedded robots are simulated and run only the simulator's "
+                         f"tasks, not {foreign}; set config.online.num_robots=0 and connect your robots (make serve)")
     plan_fleet(cfg.online.num_robots, tasks, cfg.online.fleet_episodes, cfg.online.teleop_robots, cfg.seed)  # checks both
     if cfg.stage in ("online", "all") and (cfg.online_steps or cfg.online.until_stopped):
         check_serving(cfg.online)  # unreadable credentials fail here, before any training (CredentialsError)
     return tasks
+
+
+def embodiment_of(cfg: ml_collections.ConfigDict) -> Embodiment:
+    """The run's robot body (`config.embodiment`: "" the simulated UR5e, or a TOML file); the agent's action size
+    and chunk length must be the body's (one source of truth for a robot, checked rather than overwritten)."""
+    emb = load_embodiment(cfg.embodiment)
+    for key, want in (("action_dim", emb.action_dim), ("action_horizon", emb.chunk_len)):
+        if int(cfg.agent[key]) != want:
+            raise ValueError(f"config.agent.{key}: {cfg.agent[key]}, but the embodiment {emb.describe()} has "
+                             f"{'action_dim' if key == 'action_dim' else 'chunk_len'} {want}; set "
+                             f"--config.agent.{key}={want}")
+    return emb
 
 
 # =============================================================================================== data
@@ -103,11 +121,12 @@ def load_offline(
     The second is the same buffer unless `data.pretrain_data = "demos"`: then it holds the transitions of
     the episodes whose `episode_metadata/source` is "demo" (SFT clones demonstrations only).
     """
+    catalog = load_catalog(cfg.task_file)
     n_chunks = {
-        t: cfg.data.n_chunks_offline_long if get_task(t).is_long else cfg.data.n_chunks_offline_short for t in task_ids
+        t: cfg.data.n_chunks_offline_long if catalog[t].is_long else cfg.data.n_chunks_offline_short for t in task_ids
     }
     key_map, defaults = load_key_map_file(cfg.data.key_map_file) if cfg.data.key_map_file else (None, None)
-    reader = RLDSReader(cfg.data.offline_dir, key_map=key_map, defaults=defaults)
+    reader = RLDSReader(cfg.data.offline_dir, key_map=key_map, defaults=defaults, embodiment=embodiment_of(cfg))
     if cfg.agent.use_image and not reader.has_image:  # else the first update fails deep in the encoder
         raise ValueError(f"config.agent.use_image: the offline dataset {cfg.data.offline_dir} has no camera images "
                          "(field 'observation/image'); generate it with data.render=True, or map an image "
@@ -161,14 +180,14 @@ def data_settings(cfg: ml_collections.ConfigDict) -> tuple:
     """Every setting `load_data` reads: two configs with equal settings can share one `OfflineData`."""
     d = cfg.data
     return (d.offline_dir, cfg.tasks, d.n_chunks_offline_long, d.n_chunks_offline_short, d.gamma, d.stride,
-            cfg.agent.action_horizon, d.pretrain_data, d.key_map_file)
+            cfg.agent.action_horizon, d.pretrain_data, d.key_map_file, cfg.embodiment, cfg.task_file)
 
 
 def load_data(cfg: ml_collections.ConfigDict, tasks: list[str]) -> OfflineData:
     """Reads the offline RLDS dataset of `cfg.data` for `tasks` (with the frozen language encoder's table)."""
     encoder = get_default_encoder()
     table = batching.InstructionTable(encoder.encode, encoder.embed_dim)
-    task_ids = {t: i for i, t in enumerate(task_names())}  # registry order: stable ids across runs
+    task_ids = catalog_task_ids(load_catalog(cfg.task_file))  # stable ids across runs
     return OfflineData(table, *load_offline(cfg, tasks, task_ids, table))
 
 
@@ -191,14 +210,16 @@ def run(cfg: ml_collections.ConfigDict, data: OfflineData | None = None, stop: t
         os.makedirs(cfg.workdir, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"config.workdir: cannot use {cfg.workdir!r} as the run directory: {e}") from None
-    all_tasks = task_names()
-    task_ids = {t: i for i, t in enumerate(all_tasks)}  # registry order: stable ids across runs
+    all_tasks = task_names()  # the simulator's tasks: their order seeds the evaluation scenes
+    catalog = load_catalog(cfg.task_file)
+    task_ids = catalog_task_ids(catalog)  # stable ids across runs
+    emb = embodiment_of(cfg)
 
     # ---- data
     t0 = time.time()
     data = data if data is not None else load_data(cfg, tasks)
     table, offline, pretrain_buf = data.table, data.offline, data.pretrain
-    stats = batching.stats_from_buffer(offline)
+    stats = batching.stats_from_buffer(offline, emb.action_low, emb.action_high)
     with open(os.path.join(cfg.workdir, "norm_stats.json"), "w") as f:  # what `make eval` rebuilds a policy with
         f.write(stats.to_json())
     print(f"offline buffer: {len(offline)} transitions ({len(pretrain_buf)} for BC pretrain), {len(table)} instructions, "
@@ -233,7 +254,12 @@ def run(cfg: ml_collections.ConfigDict, data: OfflineData | None = None, stop: t
             f"stage ({o_end}); run --config.stage=offline first, or --config.stage=all"
         )
     logger = MetricsLogger(os.path.join(cfg.workdir, "logs"), console_every=1)
-    evals = EvalCache(cfg, agent, stats, tasks, all_tasks)
+    # Only the simulator's tasks are evaluated (a robot's own tasks are measured by its fleet: `fleet status`)
+    sim_tasks = [t for t in tasks if simulated(t)]
+    if len(sim_tasks) < len(tasks):
+        print(f"evaluation: {sorted(set(tasks) - set(sim_tasks))} are not simulated tasks: no simulator evaluation "
+              "of them (the fleet's own success rates are in the logs and in `fleet status`)", flush=True)
+    evals = EvalCache(cfg, agent, stats, sim_tasks, all_tasks)
     probe = CriticProbe(cfg, agent, offline, stats, table)
     bar = tqdm(total=None if cfg.online.until_stopped else total, initial=step, desc="train", unit="upd", dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
     learner = Learner(cfg, logger, ckpt, probe, evals, bar, stop=stop)
@@ -294,8 +320,10 @@ def run(cfg: ml_collections.ConfigDict, data: OfflineData | None = None, stop: t
     ckpt.wait()
 
     # ---- final table (and the online stage's plot)
-    long_tasks = {t for t in tasks if get_task(t).is_long}
-    table_md = eval_report.markdown_table(results, long_tasks)
+    results = {name: summary for name, summary in results.items() if summary}  # none without simulated tasks
+    long_tasks = {t for t in tasks if catalog[t].is_long}
+    table_md = (eval_report.markdown_table(results, long_tasks) if results else
+                "No simulator evaluation: none of the run's tasks is simulated (the fleet log has the robots' outcomes).")
     paired = paired_comparisons(evals, list(results))
     if paired:
         table_md += "\n\n" + eval_report.paired_markdown(paired)
@@ -303,6 +331,7 @@ def run(cfg: ml_collections.ConfigDict, data: OfflineData | None = None, stop: t
             json.dump(paired, f, indent=1)
     if report is not None:
         table_md += "\n\n" + online_summary(cfg, report)
+    if report is not None and "online" in results:
         plots.success_vs_fleet_episodes(
             report.fleet_episodes, os.path.join(cfg.workdir, "success_vs_fleet_episodes.png"),
             autonomous=set(report.autonomous_robots), window=3 * len(tasks),

@@ -22,11 +22,14 @@ from typing import Any
 
 import numpy as np
 
-# Fixed sizes for every task of the suite (one embodiment, one action space).
-ACTION_DIM = 5  # manipspace action: dx, dy, dz, dyaw, gripper; bounds [-1, 1].
-STATE_DIM = 64  # task state, zero-padded to this size for every task; `state_mask` marks the real part.
-PROPRIO_DIM = 20  # arm/gripper proprioception, the same layout for every task (lwd_jax/sim/env.py).
-IMAGE_SHAPE = (64, 64, 3)  # optional camera image (only when rendering is available).
+from fleet_api.embodiment import UR5E, Embodiment
+
+# The simulated suite's sizes (its embodiment, `embodiment.UR5E`). Another robot brings its own `Embodiment`
+# and passes it where episodes are checked (`validate_episode`, the servicer, the RLDS writer and reader).
+ACTION_DIM = UR5E.action_dim  # manipspace action: dx, dy, dz, dyaw, gripper; bounds [-1, 1].
+STATE_DIM = UR5E.state_dim  # task state, zero-padded to this size for every task; `state_mask` marks the real part.
+PROPRIO_DIM = UR5E.proprio_dim  # arm/gripper proprioception, the same layout for every task (lwd_jax/sim/env.py).
+IMAGE_SHAPE = UR5E.image_shape  # optional camera image (only when rendering is available).
 ACTION_LOW, ACTION_HIGH = -1.0, 1.0
 # Episode ids of fleet uploads are uuid4 hex (what `Episode` mints): the idempotency key of an upload and a
 # file name on both sides, so the wire accepts nothing else (offline datasets keep their own ids).
@@ -35,17 +38,9 @@ EPISODE_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 # The learner may pass its own bound (FleetServicer(max_abs_reward=...)).
 DEFAULT_MAX_ABS_REWARD = 1e3
 MAX_SUBGOALS = 1_000
-# Per-field (dtype, row shape) of the wire and of RLDS: what a header may declare, checked before any payload.
-FIELD_LAYOUT: dict[str, tuple[str, tuple[int, ...]]] = {
-    "action": ("<f4", (ACTION_DIM,)),
-    "reward": ("<f4", ()),
-    "intervention": ("|b1", ()),
-    "subgoals": ("<i4", ()),
-    "observation/state": ("<f4", (STATE_DIM,)),
-    "observation/state_mask": ("|b1", (STATE_DIM,)),
-    "observation/proprio": ("<f4", (PROPRIO_DIM,)),
-    "observation/image": ("|u1", IMAGE_SHAPE),
-}
+# Per-field (dtype, row shape) of the wire and of RLDS for the simulated UR5e: what a header may declare, checked
+# before any payload (another body: `Embodiment.field_layout()`).
+FIELD_LAYOUT: dict[str, tuple[str, tuple[int, ...]]] = UR5E.field_layout()
 
 
 class Source(str, enum.Enum):
@@ -142,26 +137,36 @@ def validate_episode(
     known_tasks: Mapping[str, Any] | None = None,
     max_steps: int | None = None,
     max_abs_reward: float = DEFAULT_MAX_ABS_REWARD,
+    embodiment: Embodiment = UR5E,
     where: str = "episode",
 ) -> Episode:
     """Checks every field of `ep` against the schema; returns it unchanged or raises SchemaError.
 
     `known_tasks` (a task registry) rejects unknown task names; `max_steps` bounds the length, so a
-    runaway recorder cannot fill the learner's disk with one episode; `max_abs_reward` bounds rewards.
+    runaway recorder cannot fill the learner's disk with one episode; `max_abs_reward` bounds rewards;
+    `embodiment` gives the widths of actions, state and proprio and the action bounds.
     """
     where = f"{where} {ep.episode_id} (task {ep.task!r})"
+    a_dim, s_dim, p_dim = embodiment.action_dim, embodiment.state_dim, embodiment.proprio_dim
     if known_tasks is not None and ep.task not in known_tasks:
         raise SchemaError(f"{where}: field 'task' names an unknown task {ep.task!r}; known: {sorted(known_tasks)}")
     if not isinstance(ep.action, np.ndarray) or ep.action.ndim != 2:
-        raise SchemaError(f"{where}: field 'action' expected a [T, {ACTION_DIM}] array, got {getattr(ep.action, 'shape', type(ep.action))}")
+        raise SchemaError(f"{where}: field 'action' expected a [T, {a_dim}] array, got {getattr(ep.action, 'shape', type(ep.action))}")
     t = ep.action.shape[0]
     if t < 1:
         raise SchemaError(f"{where}: field 'action' expected at least 1 step, got 0")
     if max_steps is not None and t > max_steps:
         raise SchemaError(f"{where}: field 'action' expected at most {max_steps} steps, got {t}")
-    _check_array(where, "action", ep.action, (t, ACTION_DIM), np.float32)
-    if np.any(np.abs(ep.action) > ACTION_HIGH + 1e-5):
-        raise SchemaError(f"{where}: field 'action' expected values in [{ACTION_LOW}, {ACTION_HIGH}], got max |a| = {np.abs(ep.action).max():.3f}")
+    if ep.action.ndim == 2 and ep.action.shape[1] != a_dim:
+        raise SchemaError(f"{where}: field 'action' expected {a_dim}-d actions (embodiment {embodiment.describe()}), "
+                          f"got {ep.action.shape[1]}-d")
+    _check_array(where, "action", ep.action, (t, a_dim), np.float32)
+    low, high = np.asarray(embodiment.action_low, np.float32), np.asarray(embodiment.action_high, np.float32)
+    outside = (ep.action < low - 1e-5) | (ep.action > high + 1e-5)
+    if np.any(outside):
+        dim = int(np.argwhere(outside)[0][1])
+        raise SchemaError(f"{where}: field 'action' expected values in [{low[dim]:g}, {high[dim]:g}] in dimension {dim}, "
+                          f"got {ep.action[:, dim].min():.3f} .. {ep.action[:, dim].max():.3f}")
     _check_array(where, "reward", ep.reward, (t,), np.float32)
     _check_array(where, "intervention", ep.intervention, (t,), np.bool_)
     _check_array(where, "subgoals", ep.subgoals, (t + 1,), np.int32)
@@ -178,11 +183,11 @@ def validate_episode(
     for key in ("state", "state_mask", "proprio"):
         if key not in obs:
             raise SchemaError(f"{where}: field 'observation/{key}' is missing")
-    _check_array(where, "observation/state", obs["state"], (t + 1, STATE_DIM), np.float32)
-    _check_array(where, "observation/state_mask", obs["state_mask"], (t + 1, STATE_DIM), np.bool_)
-    _check_array(where, "observation/proprio", obs["proprio"], (t + 1, PROPRIO_DIM), np.float32)
+    _check_array(where, "observation/state", obs["state"], (t + 1, s_dim), np.float32)
+    _check_array(where, "observation/state_mask", obs["state_mask"], (t + 1, s_dim), np.bool_)
+    _check_array(where, "observation/proprio", obs["proprio"], (t + 1, p_dim), np.float32)
     if "image" in obs:
-        _check_array(where, "observation/image", obs["image"], (t + 1, *IMAGE_SHAPE), np.uint8)
+        _check_array(where, "observation/image", obs["image"], (t + 1, *embodiment.image_shape), np.uint8)
     extra = set(obs) - {"state", "state_mask", "proprio", "image"}
     if extra:
         raise SchemaError(f"{where}: field 'observation' has unknown keys {sorted(extra)}")
@@ -209,8 +214,8 @@ META_FIELDS = (
 )
 
 
-def as_action_chunk(raw: Any, where: str) -> np.ndarray:
-    """A policy's output as an [H, ACTION_DIM] float32 chunk; raises ValueError naming the bad shape.
+def as_action_chunk(raw: Any, where: str, action_dim: int = ACTION_DIM) -> np.ndarray:
+    """A policy's output as an [H, action_dim] float32 chunk; raises ValueError naming the bad shape.
 
     Why here: the simulator's recorder and the robot's runner both execute policy chunks, and a wrongly
     shaped output must fail the same way in both (never be reshaped into some other chunk).
@@ -218,8 +223,8 @@ def as_action_chunk(raw: Any, where: str) -> np.ndarray:
     chunk = np.asarray(raw, dtype=np.float32)
     if chunk.ndim == 1:
         chunk = chunk[None]
-    if chunk.ndim != 2 or chunk.shape[0] < 1 or chunk.shape[1] != ACTION_DIM:
-        raise ValueError(f"{where}: policy must return [{ACTION_DIM}] or [H, {ACTION_DIM}], got {np.shape(raw)}")
+    if chunk.ndim != 2 or chunk.shape[0] < 1 or chunk.shape[1] != action_dim:
+        raise ValueError(f"{where}: policy must return [{action_dim}] or [H, {action_dim}], got {np.shape(raw)}")
     return chunk
 
 

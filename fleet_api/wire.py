@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from fleet_api.embodiment import UR5E, Embodiment
 from fleet_api.protos import fleet_pb2
-from fleet_api.schema import EPISODE_ID_PATTERN, FIELD_LAYOUT, Episode, SchemaError, assemble_episode
+from fleet_api.schema import EPISODE_ID_PATTERN, Episode, SchemaError, assemble_episode
 
 # Version of the episode layout carried in `EpisodeHeader.schema_version`; bump on breaking changes.
 WIRE_SCHEMA_VERSION = 1
@@ -235,9 +236,11 @@ def _check_text(field: str, value: str, max_chars: int) -> None:
 
 
 def check_header(
-    header: fleet_pb2.EpisodeHeader, *, max_steps: int | None, max_episode_bytes: int
+    header: fleet_pb2.EpisodeHeader, *, max_steps: int | None, max_episode_bytes: int, embodiment: Embodiment = UR5E
 ) -> dict[str, _Field]:
-    """Checks an EpisodeHeader before any payload is read; returns the declared fields. Raises WireError."""
+    """Checks an EpisodeHeader before any payload is read against the learner's `embodiment` (its field widths);
+    returns the declared fields. Raises WireError."""
+    layout = embodiment.field_layout()
     if header.schema_version != WIRE_SCHEMA_VERSION:
         raise WireError("schema_version", f"expected {WIRE_SCHEMA_VERSION}, got {header.schema_version}")
     for name, pattern in (("episode_id", EPISODE_ID_PATTERN), ("robot_id", ID_PATTERN)):
@@ -263,11 +266,11 @@ def check_header(
         row_shape = tuple(int(d) for d in spec.row_shape)
         if len(row_shape) > MAX_ROW_RANK or any(d < 0 for d in row_shape):
             raise WireError(name, f"has an invalid row shape {list(row_shape)}")
-        want_dtype, want_shape = FIELD_LAYOUT[name]
+        want_dtype, want_shape = layout[name]
         if spec.dtype != want_dtype or row_shape != want_shape:
             # Checked here, before any payload: declared sizes are then bounded by the schema and max_steps.
-            raise WireError(name, f"declares dtype {spec.dtype!r} rows {list(row_shape)}; the schema has "
-                                  f"{want_dtype!r} rows {list(want_shape)}")
+            raise WireError(name, f"declares dtype {spec.dtype!r} rows {list(row_shape)}; the learner's embodiment "
+                                  f"{embodiment.describe()} has {want_dtype!r} rows {list(want_shape)}")
         want_len = t if name in TOP_LEVEL_FIELDS and name != "subgoals" else t + 1
         if spec.length != want_len:
             raise WireError(name, f"declares {spec.length} rows; expected {want_len} (T={t})")
@@ -296,8 +299,10 @@ class EpisodeAssembler:
     known before the payload arrives and no concatenation happens at the end.
     """
 
-    def __init__(self, header: fleet_pb2.EpisodeHeader, *, max_steps: int | None, max_episode_bytes: int):
-        self.fields = check_header(header, max_steps=max_steps, max_episode_bytes=max_episode_bytes)
+    def __init__(self, header: fleet_pb2.EpisodeHeader, *, max_steps: int | None, max_episode_bytes: int,
+                 embodiment: Embodiment = UR5E):
+        self.fields = check_header(header, max_steps=max_steps, max_episode_bytes=max_episode_bytes,
+                                   embodiment=embodiment)
         self.header = header
         self.meta = {
             k: getattr(header, k)

@@ -20,6 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from fleet_api.embodiment import UR5E, Embodiment
 from lwd_jax.agent import LWDAgent
 from lwd_jax.data.normalize import NormStats
 from lwd_jax.nets.language import LanguageModelNotFoundError, get_default_encoder
@@ -31,17 +32,21 @@ KINDS = ("policy", "base", "best_of_n")
 
 
 def encode_policy(agent_cfg: ml_collections.ConfigDict, params: Any, stats: NormStats, version: int, kind: str,
-                  instructions: Mapping[str, np.ndarray] | None = None) -> bytes:
+                  instructions: Mapping[str, np.ndarray] | None = None, embodiment: Embodiment = UR5E) -> bytes:
     """One self-describing blob: magic, JSON header length, JSON header, msgpack body.
 
     `instructions` ({wording: embedding}): the frozen text encoder's vectors of the wordings the fleet's robots
     give, carried in the blob so a robot never loads the encoder (a few hundred MB of RAM and the model
-    package): the bridge install has no text encoder at all. Without them the body is the params alone."""
+    package): the bridge install has no text encoder at all. Without them the body is the params alone.
+    `embodiment`: the body the policy was trained for, in the header: a robot of another body refuses it."""
     if kind not in KINDS:
         raise ValueError(f"policy: kind expected one of {KINDS}, got {kind!r}")
     texts = sorted(instructions or {})
+    if int(agent_cfg.action_dim) != embodiment.action_dim:
+        raise ValueError(f"policy: agent_config.action_dim {agent_cfg.action_dim} is not the embodiment "
+                         f"{embodiment.describe()}'s")
     head: dict[str, Any] = {"agent_config": agent_cfg.to_json(), "stats": stats.to_json(), "version": int(version),
-                            "kind": kind}
+                            "kind": kind, "embodiment": embodiment.to_dict()}
     tree: Any = jax.tree.map(np.asarray, params)
     if texts:
         head["instructions"] = texts
@@ -90,6 +95,9 @@ class Policy:
         self.kind = header["kind"]
         self.agent_cfg = ml_collections.ConfigDict(json.loads(header["agent_config"]))
         self.stats = NormStats.from_json(header["stats"])
+        # Blobs from before embodiments were data carry none: they were all made for the simulated UR5e.
+        self.embodiment = (Embodiment.from_dict(header["embodiment"], where="policy blob header 'embodiment'")
+                           if "embodiment" in header else UR5E)
         self.params = jax.tree.map(jax.numpy.asarray, params)
         self.agent = LWDAgent(self.agent_cfg, mesh=None)
         self._encoder = encoder

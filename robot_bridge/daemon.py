@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from fleet_api import schema
+from fleet_api.tasks import load_task_file
 from fleet_api.wire import ID_PATTERN, is_loopback
 from lwd_jax.policy import Policy
 from robot_bridge.client import (
@@ -79,6 +79,7 @@ class DaemonConfig:
     token: str = ""  # bearer token (or token_file; prefer the file, readable only by the daemon's user)
     token_file: str = ""
     backend: str = "sim"  # "sim" or "package.module:RobotClass" (real hardware adapter)
+    task_file: str = ""  # TOML task file (fleet_api/tasks.py): wordings, budgets, sub-goals of the robot's tasks
     control_hz: float = 20.0  # ticks per second; 0 = as fast as possible (simulation only)
     teleop: bool = False  # a (simulated) human watches this robot and takes over when needed
     render: bool = False  # sim backend: camera images in the observations (for image policies; MUJOCO_GL=egl)
@@ -175,9 +176,16 @@ class BridgeDaemon:
         self._net_stop = threading.Event()  # stop network retries (after the final drain)
         self._wake_uploader = threading.Event()
         self.robot = robot or load_backend(config.backend, **self._backend_kwargs())
+        if config.task_file:  # tasks as data: the adapter's default task_info and instructions read them
+            self.robot.task_specs = load_task_file(config.task_file)
+        for task in config.tasks:  # an unknown task fails here (exit 2), not at its first episode
+            try:
+                self.robot.task_info(task)
+            except KeyError as e:
+                raise ValueError(f"field 'tasks': {e.args[0] if e.args else task}") from None
         state = Path(config.state_dir)
         state.mkdir(parents=True, exist_ok=True)
-        self.spool = Spool(state / "spool")
+        self.spool = Spool(state / "spool", embodiment=self.robot.embodiment)
         self.episode_log = state / "episodes.jsonl"
         self.episodes_done = self._count_logged()
         self.client = client or self._make_client()
@@ -288,6 +296,10 @@ class BridgeDaemon:
             return False
         try:
             policy = Policy(blob.data, seed=robot_episode_seed(self.config.seed, 10_000_019 + blob.version))
+            why = self.robot.embodiment.mismatch(policy.embodiment, with_image=policy.needs_image)
+            if why:  # never drive a robot with a policy made for another body
+                raise ValueError(f"the policy is for embodiment {policy.embodiment.describe()}, this robot is "
+                                 f"{self.robot.embodiment.describe()}: {why}")
             self._warm_up(policy)
         except Exception as e:  # a blob that passed its checksum but does not decode: keep driving the old one
             log.error("policy version %d could not be loaded (%s: %s); keeping version %d",
@@ -301,10 +313,11 @@ class BridgeDaemon:
     def _warm_up(self, policy: Any) -> None:
         """Compiles the sampler before the episode starts, so the first tick does not overrun."""
 
-        obs = {"state": np.zeros(schema.STATE_DIM, np.float32), "state_mask": np.ones(schema.STATE_DIM, bool),
-               "proprio": np.zeros(schema.PROPRIO_DIM, np.float32)}
+        body = self.robot.embodiment
+        obs = {"state": np.zeros(body.state_dim, np.float32), "state_mask": np.ones(body.state_dim, bool),
+               "proprio": np.zeros(body.proprio_dim, np.float32)}
         if policy.needs_image:  # an image policy (its robot renders or has a camera)
-            obs["image"] = np.zeros(schema.IMAGE_SHAPE, np.uint8)
+            obs["image"] = np.zeros(body.image_shape, np.uint8)
         wordings = [w for t in self.config.tasks for w in self.robot.instructions(t)]
         policy.prepare(wordings)
         policy(obs, wordings[0] if wordings else "warm up")

@@ -54,6 +54,8 @@ def run_episode(
 ) -> EpisodeOutcome:
     """Runs `task` on `robot` until success, time-out or `stop`; see the module docstring."""
     info_t = robot.task_info(task)
+    body = robot.embodiment
+    low, high = np.asarray(body.action_low, np.float32), np.asarray(body.action_high, np.float32)
     obs, info = robot.reset(task, seed)
     instruction = str(info["instruction"])
     observations, actions, rewards, human, subgoals = [obs], [], [], [], [int(info.get("subgoals", 0))]
@@ -73,11 +75,11 @@ def run_episode(
         else:
             if not chunk:
                 t0 = time.perf_counter()
-                raw = schema.as_action_chunk(act(obs, instruction), f"robot {robot_id!r} task {task!r}")
+                raw = schema.as_action_chunk(act(obs, instruction), f"robot {robot_id!r} task {task!r}", body.action_dim)
                 max_latency = max(max_latency, time.perf_counter() - t0)
                 chunk.extend(raw)
             action = chunk.pop(0)
-        action = np.clip(np.asarray(action, np.float32), schema.ACTION_LOW, schema.ACTION_HIGH)
+        action = np.clip(np.asarray(action, np.float32), low, high)
         obs, reward, terminated, truncated, info = robot.step(action)
         observations.append(obs)
         actions.append(action)

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fleet_api.embodiment import UR5E, Embodiment
 from fleet_api.schema import Episode, validate_episode
 from fleet_api.wire import ID_PATTERN, episode_arrays, episode_from_parts, episode_metadata
 
@@ -104,12 +105,14 @@ def decode_episode(data: bytes | Path) -> Episode:
 class Spool:
     """A directory of episodes waiting for the learner's ack. Safe to share between threads of one daemon.
 
-    `validate` checks each episode against the schema on `put` (catches a recorder bug on the robot, where
-    it can be fixed, instead of at the learner) and on `load`.
+    `validate` checks each episode against the schema for the robot's `embodiment` on `put` (catches a recorder
+    bug on the robot, where it can be fixed, instead of at the learner) and on `load`.
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, validate: bool = True, fsync: bool = True):
+    def __init__(self, root: str | os.PathLike[str], *, validate: bool = True, fsync: bool = True,
+                 embodiment: Embodiment = UR5E):
         self.root = Path(root)
+        self.embodiment = embodiment
         self._validate = validate
         self._fsync = fsync
         self._lock = threading.Lock()
@@ -125,7 +128,7 @@ class Spool:
         if not isinstance(ep.episode_id, str) or not ID_PATTERN.fullmatch(ep.episode_id):
             raise ValueError(f"field 'episode_id' expected {ID_PATTERN.pattern}, got {ep.episode_id!r}")
         if self._validate:
-            validate_episode(ep, where="spool put")
+            validate_episode(ep, embodiment=self.embodiment, where="spool put")
         existing = self._find(ep.episode_id)
         if existing is not None:
             return existing
@@ -182,7 +185,7 @@ class Spool:
             if ep.episode_id != entry.episode_id:
                 raise ValueError(f"field 'episode_id' is {ep.episode_id!r} but the file name says {entry.episode_id!r}")
             if self._validate:
-                validate_episode(ep, where="spool load")
+                validate_episode(ep, embodiment=self.embodiment, where="spool load")
         except FileNotFoundError:
             return None
         except _CORRUPT_ERRORS as e:

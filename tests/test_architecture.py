@@ -26,7 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "lwd_jax.fake": {"fleet_api"},
     "lwd_jax.methods": {"lwd_jax.algos", "lwd_jax.nets"},
     "lwd_jax.agent": {"lwd_jax.algos", "lwd_jax.methods", "lwd_jax.nets", "lwd_jax.sharding"},
-    "lwd_jax.policy": {"lwd_jax.agent", "lwd_jax.data", "lwd_jax.nets"},
+    "lwd_jax.policy": {"fleet_api", "lwd_jax.agent", "lwd_jax.data", "lwd_jax.nets"},
     "lwd_jax.sim": {"fleet_api", "lwd_jax.data"},
     "lwd_jax.learner": {
         "fleet_api", "lwd_jax.agent", "lwd_jax.algos", "lwd_jax.data", "lwd_jax.nets", "lwd_jax.policy",

@@ -108,13 +108,14 @@ def test_bridge_extra_installs_without_tensorflow_or_mujoco_and_runs_a_toy_robot
         "token_file": str(tmp_path / "token"), "tasks": [toy_robot.TASK], "control_hz": 20.0, "max_episodes": 3,
         "backend": "robot_bridge.toy_robot:PointReach", "max_backoff_s": 0.5, "heartbeat_s": 0.5})
     log = tmp_path / "daemon.log"
+    newer = toy_blob(2)  # built before the robot starts: on a loaded machine building it took longer than 3 episodes
     proc = subprocess.Popen([str(py), "-m", "robot_bridge.daemon", f"--config={tmp_path / 'robot.toml'}"],
                             cwd=tmp_path, env=_clean_env(), stdout=open(log, "wb"), stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 180
         while len(store) < 1 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.1)
-        policies.publish(2, toy_blob(2))  # a new version reaches the robot between episodes (3 s each at 20 Hz)
+        policies.publish(2, newer)  # a new version reaches the robot between episodes (3 s each at 20 Hz)
         assert proc.wait(180) == 0, log.read_text()[-3000:]
     finally:
         if proc.poll() is None:

@@ -5,7 +5,13 @@ import math
 import pytest
 
 from lwd_jax.learner.eval_report import (
-    EpisodeResult, markdown_table, paired_markdown, paired_success, summarize, wilson_interval, with_seed,
+    EpisodeResult,
+    markdown_table,
+    paired_markdown,
+    paired_success,
+    summarize,
+    wilson_interval,
+    with_seed,
 )
 
 

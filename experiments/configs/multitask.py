@@ -24,15 +24,17 @@ import dataclasses
 
 import ml_collections
 
-from fleet_api.schema import ACTION_DIM
+from fleet_api.embodiment import UR5E
 from lwd_jax.algos import divl, extraction, qam
 
 
 def get_agent_config() -> ml_collections.ConfigDict:
     """Nets, optimizers, DIVL and QAM. CPU-sized by default (see ALGORITHMS.md 'Compute budget')."""
     a = ml_collections.ConfigDict()
-    a.action_horizon = 5  # H: action chunk length (QAM code's default; the paper uses 30 at 30 Hz)
-    a.action_dim = ACTION_DIM
+    # H and A: the embodiment's chunk_len and action_dim (config.embodiment; checked at start). The simulated UR5e
+    # acts in chunks of 5 (QAM code's default; the paper uses 30 at 30 Hz) with 5-d actions.
+    a.action_horizon = UR5E.chunk_len
+    a.action_dim = UR5E.action_dim
     a.use_image = False  # CPU fleets use state + language; images need EGL rendering on a GPU machine
     a.lang_proj_dim = 64
     a.encoder_hidden = (256,)
@@ -82,7 +84,12 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.stage = "all"  # "offline": pretrain + offline RL | "online": the fleet loop (after offline) | "all"
     c.workdir = "runs/multitask"
     c.resume = True  # continue from the latest checkpoint in workdir when there is one
-    c.tasks = "all"  # comma-separated task names, or "all" for every task in the registry
+    c.tasks = "all"  # comma-separated task names, or "all": every simulated task, or every task of task_file
+    # A robot that is not our simulator: its body (a TOML file, fleet_api/embodiment.py; "" the simulated UR5e,
+    # whose agent.action_dim and agent.action_horizon must match) and its tasks (a TOML task file,
+    # fleet_api/tasks.py; the simulated suite's are always known). Example: experiments/robots/.
+    c.embodiment = ""
+    c.task_file = ""
     # Start from another run's BC-pretrain checkpoint (its workdir) instead of pretraining here: the
     # benchmark shares one SFT checkpoint per seed across every method. Only the BC flow is taken.
     c.init_from = ""

@@ -6,10 +6,11 @@ and a reader of our files must not need the writer's code path (nor the reverse)
 Layout (one TFDS dataset, split `train`, one TFRecord example per episode, RLDS step convention of
 schema.py: T actions are stored as T + 1 steps, the last one holding s_T, a zero action and zero reward):
   steps (tfds.features.Dataset):
-    observation: state [64] f32, state_mask [64] bool, proprio [16] f32, image [64, 64, 3] uint8 (PNG,
+    observation: state [S] f32, state_mask [S] bool, proprio [P] f32, image [H, W, 3] uint8 (PNG,
                  lossless; only in datasets created with images)
-    action [5] f32, reward f32, discount f32, is_first, is_last, is_terminal, intervention (bool),
+    action [A] f32, reward f32, discount f32, is_first, is_last, is_terminal, intervention (bool),
     subgoals int32, language_instruction (text)
+  (S, P, A, H, W: the embodiment's widths, fleet_api/embodiment.py; the simulated UR5e has 64, 20, 5, 64, 64)
   episode_metadata: episode_id, task, robot_id, source (text), policy_version int64, success bool,
     num_subgoals int32
 `discount` follows dm_env/RLDS: 0 on the result of the action that reached a true terminal state, 1
@@ -27,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from fleet_api import schema
+from fleet_api.embodiment import UR5E, Embodiment
 from fleet_api.schema import Episode, assemble_episode
 
 DATASET_NAME = "lwd_episodes"
@@ -43,21 +44,22 @@ STEP_OBS_KEYS = ("state", "state_mask", "proprio")
 METADATA_KEYS = ("episode_id", "task", "robot_id", "policy_version", "source", "success", "num_subgoals")
 
 
-def episode_features(with_image: bool) -> Any:
-    """The `tfds.features.FeaturesDict` of our RLDS episodes (with or without the camera image)."""
+def episode_features(with_image: bool, embodiment: Embodiment = UR5E) -> Any:
+    """The `tfds.features.FeaturesDict` of our RLDS episodes (with or without the camera image), with the
+    widths of `embodiment` (the simulated UR5e's: state 64, proprio 20, action 5)."""
     import tensorflow_datasets as tfds
 
     tensor = tfds.features.Tensor
     observation = {
-        "state": tensor(shape=(schema.STATE_DIM,), dtype=np.float32),
-        "state_mask": tensor(shape=(schema.STATE_DIM,), dtype=np.bool_),
-        "proprio": tensor(shape=(schema.PROPRIO_DIM,), dtype=np.float32),
+        "state": tensor(shape=(embodiment.state_dim,), dtype=np.float32),
+        "state_mask": tensor(shape=(embodiment.state_dim,), dtype=np.bool_),
+        "proprio": tensor(shape=(embodiment.proprio_dim,), dtype=np.float32),
     }
     if with_image:
-        observation["image"] = tfds.features.Image(shape=schema.IMAGE_SHAPE, encoding_format=IMAGE_FORMAT)
+        observation["image"] = tfds.features.Image(shape=tuple(embodiment.image_shape), encoding_format=IMAGE_FORMAT)
     steps = {
         "observation": observation,
-        "action": tensor(shape=(schema.ACTION_DIM,), dtype=np.float32),
+        "action": tensor(shape=(embodiment.action_dim,), dtype=np.float32),
         "reward": tensor(shape=(), dtype=np.float32),
         "discount": tensor(shape=(), dtype=np.float32),
         "is_first": tensor(shape=(), dtype=np.bool_),
@@ -106,7 +108,7 @@ def _png_encoder() -> Any:
     """A compiled graph that PNG-encodes a [N, H, W, C] uint8 stack (one call per episode, not per image)."""
     import tensorflow as tf
 
-    @tf.function(input_signature=[tf.TensorSpec([None, *schema.IMAGE_SHAPE], tf.uint8)])
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8)])  # any embodiment's camera
     def encode(images):
         return tf.map_fn(tf.io.encode_png, images, fn_output_signature=tf.string, parallel_iterations=16)
 

@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fleet_api import schema
+from fleet_api.embodiment import UR5E, Embodiment
 from lwd_jax.data.rlds_errors import RLDSReadError
 
 KeyMap = Mapping[str, "str | Sequence[str] | None"]
@@ -44,7 +45,9 @@ STEP_PREFIX = "steps/"
 ACTION_TOLERANCE = 1e-5  # the same slack validate_episode allows on action bounds
 
 # kind: "float" (float or int source, cast to float32), "bool" (bool or int, != 0), "int", "text", "image"
-_STEP_FIELDS: dict[str, tuple[str, int | None]] = {  # field -> (kind, vector width or None for scalars)
+# field -> (kind, vector width or None for scalars); the widths are the simulated UR5e's, another embodiment's
+# come from `_width` (the reader's embodiment decides them)
+_STEP_FIELDS: dict[str, tuple[str, int | None]] = {
     "state": ("float", schema.STATE_DIM),
     "state_mask": ("bool", schema.STATE_DIM),
     "proprio": ("float", schema.PROPRIO_DIM),
@@ -84,6 +87,12 @@ DEFAULT_KEY_MAP: dict[str, str | None] = {
     "language_instruction": "steps/language_instruction",
     **{key: f"episode_metadata/{key}" for key in ("episode_id", "task", "robot_id", "policy_version", "source", "success", "num_subgoals")},
 }
+def _width(field: str, embodiment: Embodiment) -> int | None:
+    """The vector width of a step field for `embodiment` (None: a scalar or an image)."""
+    return {"state": embodiment.state_dim, "state_mask": embodiment.state_dim, "proprio": embodiment.proprio_dim,
+            "action": embodiment.action_dim}.get(field)
+
+
 FALLBACKS: dict[str, Any] = {"policy_version": 0, "source": schema.Source.DEMO.value, "num_subgoals": 1}
 
 
@@ -105,6 +114,7 @@ class ResolvedMap:
     dataset_name: str
     sources: dict[str, list[Source]]
     defaults: dict[str, Any]
+    embodiment: Embodiment = UR5E  # the widths episodes are padded to and the action bounds checked
 
     def mapped(self, field: str) -> bool:
         return bool(self.sources.get(field))
@@ -202,9 +212,11 @@ def _kind_ok(kind: str, dtype: Any) -> bool:
 
 
 def resolve_key_map(
-    features: Any, dataset: str, dataset_name: str, key_map: KeyMap | None = None, defaults: Mapping[str, Any] | None = None
+    features: Any, dataset: str, dataset_name: str, key_map: KeyMap | None = None, defaults: Mapping[str, Any] | None = None,
+    embodiment: Embodiment = UR5E,
 ) -> ResolvedMap:
-    """Checks `key_map` against a dataset's TFDS `features`; raises RLDSReadError naming the field."""
+    """Checks `key_map` against a dataset's TFDS `features` for episodes of `embodiment` (its widths); raises
+    RLDSReadError naming the field."""
 
     def fail(field: str, problem: str) -> RLDSReadError:
         return RLDSReadError(dataset, problem, field=field)
@@ -241,7 +253,7 @@ def resolve_key_map(
                 break  # our default path is absent in this source: fill in
             resolved.append(source)
         else:
-            _check_source_shape(field, resolved, fail)
+            _check_source_shape(field, resolved, fail, embodiment)
             sources[field] = resolved
             continue
         sources[field] = []
@@ -251,7 +263,7 @@ def resolve_key_map(
     defaults = dict(defaults or {})
     if not sources["task"] and "task" not in defaults:
         raise fail("task", "is not in the dataset: map it to a source key or give defaults={'task': ...}")
-    return ResolvedMap(dataset=dataset, dataset_name=dataset_name, sources=sources, defaults=defaults)
+    return ResolvedMap(dataset=dataset, dataset_name=dataset_name, sources=sources, defaults=defaults, embodiment=embodiment)
 
 
 def _resolve_path(field: str, path: str, features: Any, step_infos: dict, top_infos: dict) -> Source | None:
@@ -271,15 +283,17 @@ def _resolve_path(field: str, path: str, features: Any, step_infos: dict, top_in
     return Source(path, tuple(info.shape), info.dtype, feature)
 
 
-def _check_source_shape(field: str, sources: list[Source], fail: Callable[[str, str], RLDSReadError]) -> None:
-    kind, width = _STEP_FIELDS.get(field, (_SCALAR_FIELDS.get(field), None))
+def _check_source_shape(field: str, sources: list[Source], fail: Callable[[str, str], RLDSReadError],
+                        embodiment: Embodiment = UR5E) -> None:
+    kind = _STEP_FIELDS[field][0] if field in _STEP_FIELDS else _SCALAR_FIELDS.get(field)
+    width = _width(field, embodiment)
     for source in sources:
         if not _kind_ok(kind, source.dtype):
             raise fail(field, f"expected a {kind} source, got '{source.path}' of dtype {source.dtype.name}")
     if kind == "image":
         shape = sources[0].shape
-        if len(shape) != 3 or shape[-1] != schema.IMAGE_SHAPE[-1]:
-            raise fail(field, f"expected an [H, W, {schema.IMAGE_SHAPE[-1]}] image per step, got '{sources[0].path}' of shape {shape}")
+        if len(shape) != 3 or shape[-1] != embodiment.image_shape[-1]:
+            raise fail(field, f"expected an [H, W, {embodiment.image_shape[-1]}] image per step, got '{sources[0].path}' of shape {shape}")
         return
     if width is None:
         for source in sources:
@@ -292,7 +306,8 @@ def _check_source_shape(field: str, sources: list[Source], fail: Callable[[str, 
             raise fail(field, f"expected a vector of known width per step, got '{source.path}' of shape {source.shape}")
         total += source.shape[0]
     if total > width:
-        raise fail(field, f"expected at most {width} values per step, got {total} from {[s.path for s in sources]}")
+        raise fail(field, f"expected at most {width} values per step, got {total} from {[s.path for s in sources]} "
+                          f"(embodiment {embodiment.describe()})")
 
 
 def parse_features(features: Any, resolved: ResolvedMap) -> Any:
@@ -348,20 +363,22 @@ def _to_kind(x: Any, kind: str) -> Any:
     return x
 
 
-def _step_field(steps: Mapping[str, Any], sources: list[Source], field: str, rows: Any) -> Any:
+def _step_field(steps: Mapping[str, Any], sources: list[Source], field: str, rows: Any,
+                embodiment: Embodiment = UR5E) -> Any:
     import tensorflow as tf
 
-    kind, width = _STEP_FIELDS[field]
+    kind, width = _STEP_FIELDS[field][0], _width(field, embodiment)
     parts = [_to_kind(_get(steps, s.path[len(STEP_PREFIX) :]), kind) for s in sources]
     # One source needs no row fitting: a wrong step count is caught by the count check before any op
     # that depends on it runs. Several sources must agree in rows before they can be concatenated.
     x = parts[0] if len(parts) == 1 else tf.concat([_fit_rows(p, rows) for p in parts], axis=-1)
     if width is not None and x.shape[-1] != width:
         x = tf.pad(x, [[0, 0], [0, width - x.shape[-1]]])
-    if kind == "image" and tuple(x.shape[1:]) != schema.IMAGE_SHAPE:
-        resized = tf.image.resize(x, schema.IMAGE_SHAPE[:2])
+    image_shape = tuple(embodiment.image_shape)
+    if kind == "image" and tuple(x.shape[1:]) != image_shape:
+        resized = tf.image.resize(x, image_shape[:2])
         x = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
-        x = tf.ensure_shape(x, [None, *schema.IMAGE_SHAPE])
+        x = tf.ensure_shape(x, [None, *image_shape])
     return x
 
 
@@ -395,16 +412,18 @@ def canonical_episode(parsed: Mapping[str, Any], resolved: ResolvedMap, index: A
     num_steps = tf.maximum(rows - 1, 0)
     src = resolved.sources
 
-    def step(field: str, fill: Callable[[], Any]) -> Any:
-        return _step_field(steps, src[field], field, rows) if src[field] else fill()
+    emb = resolved.embodiment
 
-    state = step("state", lambda: tf.zeros([rows, schema.STATE_DIM], tf.float32))
+    def step(field: str, fill: Callable[[], Any]) -> Any:
+        return _step_field(steps, src[field], field, rows, emb) if src[field] else fill()
+
+    state = step("state", lambda: tf.zeros([rows, emb.state_dim], tf.float32))
     state_width = sum(s.shape[0] for s in src["state"])
-    real = tf.range(schema.STATE_DIM) < state_width
+    real = tf.range(emb.state_dim) < state_width
     observation = {
         "state": state,
         "state_mask": step("state_mask", lambda: tf.tile(real[None, :], [rows, 1])),
-        "proprio": step("proprio", lambda: tf.zeros([rows, schema.PROPRIO_DIM], tf.float32)),
+        "proprio": step("proprio", lambda: tf.zeros([rows, emb.proprio_dim], tf.float32)),
     }
     if src["image"]:
         observation["image"] = step("image", lambda: None)
@@ -466,8 +485,14 @@ def episode_checks(episode: Mapping[str, Any], counts: Mapping[str, Any], resolv
             value = episode["observation"][field] if field in episode["observation"] else episode[field]
             labels.append((episode_field(field), "holds a non-finite value (NaN or inf)"))
             oks.append(tf.reduce_all(tf.math.is_finite(value)))
-    labels.append(("action", f"has values outside [{schema.ACTION_LOW}, {schema.ACTION_HIGH}] (standardize the dataset's actions)"))
-    oks.append(tf.reduce_all(tf.abs(episode["action"]) <= schema.ACTION_HIGH + ACTION_TOLERANCE))
+    emb = resolved.embodiment
+    low, high = list(emb.action_low), list(emb.action_high)
+    bounds = f"[{low[0]}, {high[0]}]" if len(set(low)) == len(set(high)) == 1 else f"low {low}, high {high}"
+    labels.append(("action", f"has values outside {bounds}, the embodiment {emb.name!r}'s bounds (standardize the "
+                             "dataset's actions)"))
+    a = episode["action"]
+    oks.append(tf.reduce_all(tf.logical_and(a >= tf.constant(low, tf.float32) - ACTION_TOLERANCE,
+                                            a <= tf.constant(high, tf.float32) + ACTION_TOLERANCE)))
     labels.append(("success", "is False but the episode ends in a terminal step (only success terminates)"))
     oks.append(tf.logical_or(tf.logical_not(episode["terminal"]), episode["success"]))
     sources = [s.value for s in schema.Source]

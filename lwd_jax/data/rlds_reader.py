@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from fleet_api.embodiment import UR5E, Embodiment
 from fleet_api.schema import Episode, SchemaError, validate_episode
 from lwd_jax.data import rlds_format
 from lwd_jax.data.rlds_errors import RLDSReadError
@@ -58,7 +59,8 @@ class RLDSReader(RecordForensics):
 
     `defaults` fills per-episode fields the dataset lacks (e.g. {"task": "pick-cube"}); `standardize`
     is an optional graph function on the mapped episode dict (e.g. rescale a dataset's actions to
-    [-1, 1]), applied before the checks. See rlds_keymap.py for the key map rules.
+    [-1, 1]), applied before the checks. `embodiment` (default: the simulated UR5e) gives the widths episodes
+    are padded to and the action bounds they are checked against. See rlds_keymap.py for the key map rules.
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class RLDSReader(RecordForensics):
         standardize: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         on_error: str = "raise",
         split: str = rlds_format.SPLIT,
+        embodiment: Embodiment = UR5E,
     ):
         import tensorflow_datasets as tfds
 
@@ -97,7 +100,8 @@ class RLDSReader(RecordForensics):
                 self.shard_lengths.append(records)
         self.offsets = [int(x) for x in np.concatenate([[0], np.cumsum(self.shard_lengths)])[:-1]]
         self.num_episodes = int(sum(self.shard_lengths))
-        self.key_map = resolve_key_map(info.features, self.data_dir, info.name, key_map, defaults)
+        self.embodiment = embodiment  # the widths episodes are padded to, the action bounds they are checked against
+        self.key_map = resolve_key_map(info.features, self.data_dir, info.name, key_map, defaults, embodiment)
         self.has_image = self.key_map.mapped("image")
         self._features = parse_features(info.features, self.key_map)
         self._standardize = standardize
@@ -127,7 +131,7 @@ class RLDSReader(RecordForensics):
             ep = rlds_format.episode_from_arrays(arrays)
             index = int(arrays["episode_index"])
             try:
-                validate_episode(ep, where=f"RLDS dataset '{self.data_dir}': episode #{index}")
+                validate_episode(ep, embodiment=self.embodiment, where=f"RLDS dataset '{self.data_dir}': episode #{index}")
             except SchemaError as e:
                 error = self._episode_error(index, ep.episode_id, str(e))
                 if self.on_error == "raise":

@@ -41,6 +41,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from fleet_api.embodiment import UR5E, Embodiment
 from fleet_api.schema import Episode, SchemaError, validate_episode
 from lwd_jax.data import rlds_format
 
@@ -96,7 +97,8 @@ class RLDSWriter:
     """Appends episodes to an RLDS dataset in `data_dir`, creating it on first use.
 
     `with_image` fixes the layout of a new dataset (None: no image); when opening an existing one it must
-    match (None takes whatever the dataset has). `known_tasks` / `max_steps` are passed to `validate_episode`.
+    match (None takes whatever the dataset has). `known_tasks` / `max_steps` / `embodiment` are passed to
+    `validate_episode`; the embodiment's widths fix the layout (an existing dataset must have them).
     `durable=False` skips the fsyncs (tests, scratch data); the commit order stays the same.
     """
 
@@ -109,6 +111,7 @@ class RLDSWriter:
         known_tasks: Mapping[str, Any] | None = None,
         max_steps: int | None = None,
         info_every: int = DEFAULT_INFO_EVERY,
+        embodiment: Embodiment = UR5E,
     ):
         import tensorflow as tf  # noqa: F401  (imported here so append() timings exclude the first TF import)
         from tensorflow_datasets.core import dataset_info, naming
@@ -117,6 +120,7 @@ class RLDSWriter:
         self.durable = durable
         self.known_tasks = known_tasks
         self.max_steps = max_steps
+        self.embodiment = embodiment
         self.stats = WriteStats()
         self.info_every = max(1, int(info_every))
         self._since_info = 0
@@ -136,7 +140,7 @@ class RLDSWriter:
                 self.with_image, self._shard_lengths, self._num_bytes = self._read_existing(with_image)
             else:
                 self.with_image, self._shard_lengths, self._num_bytes = bool(with_image), [], 0
-            self._features = rlds_format.episode_features(self.with_image)
+            self._features = rlds_format.episode_features(self.with_image, embodiment)
             self._info_template: str | None = None  # dataset_info.json as TFDS made it (see _write_info)
             self._lengths_json, self._lengths_listed = "", 0
             self._episodes, self._counted = 0, 0  # num_episodes's running count over _shard_lengths[:_counted]
@@ -251,11 +255,13 @@ class RLDSWriter:
 
         existing = tfds.builder_from_directory(self.data_dir).info
         found = existing.features.to_json()
-        layouts = [img for img in (False, True) if rlds_format.episode_features(img).to_json() == found]
+        layouts = [img for img in (False, True)
+                   if rlds_format.episode_features(img, self.embodiment).to_json() == found]
         if existing.name != rlds_format.DATASET_NAME or not layouts:
             raise SchemaError(
                 f"RLDS dataset '{self.data_dir}': field 'features' of the existing dataset '{existing.name}' is not "
-                f"this schema's layout (rlds_format.episode_features); append only to datasets this writer created"
+                f"this schema's layout for embodiment {self.embodiment.describe()} (rlds_format.episode_features); "
+                f"append only to datasets this writer created, for the same embodiment"
             )
         if with_image is not None and bool(with_image) != layouts[0]:
             raise SchemaError(
@@ -267,7 +273,8 @@ class RLDSWriter:
 
     def _serialize(self, index: int, ep: Episode) -> bytes:
         where = f"RLDS dataset '{self.data_dir}': new episode #{self.num_episodes + index}"
-        validate_episode(ep, known_tasks=self.known_tasks, max_steps=self.max_steps, where=where)
+        validate_episode(ep, known_tasks=self.known_tasks, max_steps=self.max_steps, embodiment=self.embodiment,
+                         where=where)
         if ("image" in ep.observation) != self.with_image:
             raise SchemaError(
                 f"{where} {ep.episode_id} (task {ep.task!r}): field 'observation/image' expected "

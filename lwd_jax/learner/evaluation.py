@@ -162,7 +162,10 @@ class EvalCache:
         return saved
 
     def get(self, name: str, state, kind: str, step: int, logger: MetricsLogger | None = None) -> dict:
-        """The evaluation `name` (taken at `step`), computed from `state` unless already on disk."""
+        """The evaluation `name` (taken at `step`), computed from `state` unless already on disk; {} when the run
+        has no simulated task (nothing to evaluate in the simulator)."""
+        if not self.tasks:
+            return {}
         saved = self._saved(name, step)
         if saved is not None:
             return saved["summary"]
@@ -188,6 +191,8 @@ class EvalCache:
         """A periodic evaluation of the deployed policy during `phase`, stored as `<phase>@<step>` with `meta`
         (e.g. the fleet episodes so far) beside it; a resumed run reuses it. Logged as eval/policy/*."""
         name = f"{phase}@{step}"
+        if not self.tasks:
+            return {}
         saved = self._saved(name, step)
         if saved is not None:
             return saved["summary"]

@@ -17,13 +17,15 @@ import jax
 import ml_collections
 import numpy as np
 
-from fleet_api import schema
+from fleet_api.embodiment import UR5E, Embodiment, load_embodiment
+from fleet_api.tasks import load_task_file
 from lwd_jax.agent import LWDAgent, policy_params
 from lwd_jax.data.normalize import NormStats
 from lwd_jax.learner.checkpoint import Checkpointer
+from lwd_jax.learner.task_catalog import load_catalog
 from lwd_jax.nets.language import BertConfig, default_model_dir, get_default_encoder
 from lwd_jax.policy import KINDS, encode_policy
-from lwd_jax.sim.tasks import TASKS, get_task, task_names
+from lwd_jax.sim.tasks import task_names
 
 CHECKPOINT_DIR = "checkpoints"  # under a run's workdir (experiments/train.py)
 STATS_FILE = "norm_stats.json"  # under a run's workdir: NormStats.to_json()
@@ -50,24 +52,33 @@ def lang_embed_dim() -> int:
     return BertConfig.from_json(default_model_dir() / "config.json").hidden_size
 
 
-def example_obs(agent_cfg: ml_collections.ConfigDict, n: int = 1) -> dict[str, np.ndarray]:
-    """Zero observations of the schema's shapes: enough for `LWDAgent.abstract_state` (params ignore the batch)."""
+def example_obs(agent_cfg: ml_collections.ConfigDict, n: int = 1, embodiment: Embodiment = UR5E) -> dict[str, np.ndarray]:
+    """Zero observations of the embodiment's shapes: enough for `LWDAgent.abstract_state` (params ignore the batch)."""
     obs = {
-        "state": np.zeros((n, schema.STATE_DIM), np.float32),
-        "state_mask": np.zeros((n, schema.STATE_DIM), bool),
-        "proprio": np.zeros((n, schema.PROPRIO_DIM), np.float32),
+        "state": np.zeros((n, embodiment.state_dim), np.float32),
+        "state_mask": np.zeros((n, embodiment.state_dim), bool),
+        "proprio": np.zeros((n, embodiment.proprio_dim), np.float32),
         "lang": np.zeros((n, lang_embed_dim()), np.float32),
     }
     if agent_cfg.use_image:
-        obs["image"] = np.zeros((n, *schema.IMAGE_SHAPE), np.uint8)
+        obs["image"] = np.zeros((n, *embodiment.image_shape), np.uint8)
     return obs
 
 
 def run_wordings(cfg: ml_collections.ConfigDict) -> list[str]:
     """The registered wordings of the run's tasks: embedded into the blob, so a robot with the bridge install
-    (no text encoder) can act with an exported policy too."""
-    names = task_names() if cfg.get("tasks", "all") == "all" else [t.strip() for t in str(cfg.tasks).split(",")]
-    return [w for t in names if t in TASKS for w in get_task(t).instructions]
+    (no text encoder) can act with an exported policy too. Tasks no longer known (an old run whose task left
+    the registry, or whose task file moved) are skipped, so such a run still exports."""
+    task_file = str(cfg.get("task_file", ""))
+    if task_file and not os.path.isfile(task_file):
+        task_file = ""
+    catalog = load_catalog(task_file)
+    spec = str(cfg.get("tasks", "all"))
+    if spec == "all":
+        names = list(load_task_file(task_file)) if task_file else task_names()
+    else:
+        names = [t.strip() for t in spec.split(",")]
+    return [w for t in names if t in catalog for w in catalog[t].instructions]
 
 
 def load_stats(path: str) -> NormStats:
@@ -124,6 +135,7 @@ def export_policy(workdir: str, kind: str = "policy", step: int | None = None,
         if "config" not in meta:
             raise ValueError(f"export: the meta record of step {step} under {directory} has no 'config' field")
         cfg = ml_collections.ConfigDict(json.loads(meta["config"]))
+        embodiment = load_embodiment(cfg.get("embodiment", ""))  # a run from before embodiments: the UR5e
         if recap_indicator is not None:
             if kind != "policy" or cfg.agent.get("extraction", "qam") != "recap":
                 raise ValueError(f"export: recap_indicator needs the policy of a RECAP run; {workdir} has extraction "
@@ -132,7 +144,7 @@ def export_policy(workdir: str, kind: str = "policy", step: int | None = None,
                 cfg.agent.baselines.recap_act_indicator = float(recap_indicator)
         agent = LWDAgent(cfg.agent, mesh=None)
         try:
-            state, _, _ = ckpt.restore(agent.abstract_state(example_obs(cfg.agent)), step)
+            state, _, _ = ckpt.restore(agent.abstract_state(example_obs(cfg.agent, embodiment=embodiment)), step)
         except Exception as e:  # noqa: BLE001
             raise ValueError(
                 f"export: checkpoint step {step} under {directory} could not be restored (truncated, or saved by a "
@@ -144,7 +156,7 @@ def export_policy(workdir: str, kind: str = "policy", step: int | None = None,
     version = int(meta.get("version", 0))
     wordings = run_wordings(cfg)
     lang = dict(zip(wordings, get_default_encoder().encode(wordings), strict=True)) if wordings else None
-    blob = encode_policy(cfg.agent, params, stats, version=version, kind=kind, instructions=lang)
+    blob = encode_policy(cfg.agent, params, stats, version=version, kind=kind, instructions=lang, embodiment=embodiment)
     return ExportedPolicy(blob, kind, step, version, str(meta.get("phase", "")), directory)
 
 

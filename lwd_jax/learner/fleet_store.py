@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from fleet_api.embodiment import UR5E, Embodiment
 from fleet_api.schema import Episode
 from fleet_api.wire import episode_digest
 from lwd_jax.data.batching import InstructionTable, buffer_columns
@@ -87,6 +88,7 @@ class FleetStore:
         keep: str = "all",
         recent: int = RECENT_EPISODES,
         with_image: bool = False,
+        embodiment: Embodiment = UR5E,
     ):
         self.rlds_dir = rlds_dir
         self._cut = dict(chunk_len=chunk_len, n_chunks=n_chunks, gamma=gamma, task_ids=dict(task_ids))
@@ -96,7 +98,10 @@ class FleetStore:
         self.keep = keep
         # with_image: the fleet's episodes carry camera frames (an image policy's robots); a new dataset takes
         # that layout, an existing one must already have it (RLDSWriter refuses a mix, naming the field)
-        self.writer = RLDSWriter(rlds_dir, durable=durable, known_tasks=dict(task_ids), with_image=with_image)
+        # embodiment: the fleet's body (its widths fix the dataset's layout; RLDSWriter refuses another one's)
+        self.embodiment = embodiment
+        self.writer = RLDSWriter(rlds_dir, durable=durable, known_tasks=dict(task_ids), with_image=with_image,
+                                 embodiment=embodiment)
         self.buffer = TransitionBuffer(capacity)
         # The human-driven chunks again, on their own (a few % of fleet steps): the expert data a base flow can
         # clone beside the RL batch (agent.base_bc_data = "expert"). With keep="human" it is the buffer itself.
@@ -148,7 +153,7 @@ class FleetStore:
         if self.writer.num_episodes == 0:
             return {}
         ids = {}
-        for ep in RLDSReader(self.rlds_dir).episodes():
+        for ep in RLDSReader(self.rlds_dir, embodiment=self.embodiment).episodes():
             self.on_accept(ep)
             ids[ep.episode_id] = episode_digest(ep)
         return ids

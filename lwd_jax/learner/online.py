@@ -32,6 +32,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from fleet_api.embodiment import load_embodiment
 from fleet_api.wire import is_loopback
 from lwd_jax.agent import LWDAgent, policy_params
 from lwd_jax.data import batching
@@ -42,8 +43,8 @@ from lwd_jax.learner.fleet_store import FleetEpisode, FleetStore, fleet_summary
 from lwd_jax.learner.local_fleet import LocalFleet, plan_fleet
 from lwd_jax.learner.loop import Learner, Phase, UpdateFn
 from lwd_jax.learner.service import FleetServicer, PolicyStore, ServerTLS, serve
+from lwd_jax.learner.task_catalog import load_catalog
 from lwd_jax.policy import encode_policy
-from lwd_jax.sim.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,9 @@ def run_online(
     root = os.path.join(cfg.workdir, "fleet")  # fleet_log_path below names what it holds
     # Every registered wording, embedded in one batch (so the servicer's thread never has to embed one), and
     # carried in every blob (so robots need no text encoder).
-    wordings = [w for t in tasks for w in get_task(t).instructions]
+    catalog = load_catalog(cfg.task_file)  # the suite's tasks and the robots' own (config.task_file)
+    embodiment = load_embodiment(cfg.embodiment)  # every upload is checked against it; it rides in every blob
+    wordings = [w for t in tasks for w in catalog[t].instructions]
     lang = dict(zip(wordings, table.embed(wordings), strict=True))
     n_online = {t: cfg.data.n_chunks_online for t in task_ids}
     # HG-DAgger: the fleet runs the BC flow, the learner keeps only human-driven chunks and retrains by BC.
@@ -132,7 +135,8 @@ def run_online(
         raise ValueError("run_online: agent.base_bc_data='expert' needs the expert buffer (BC pretraining's data)")
     store = FleetStore(os.path.join(root, "rlds"), chunk_len=cfg.agent.action_horizon, n_chunks=n_online,
                        gamma=cfg.data.gamma, task_ids=task_ids, table=table, capacity=cfg.data.online_capacity,
-                       keep="human" if hg_dagger else "all", with_image=bool(cfg.agent.use_image))
+                       keep="human" if hg_dagger else "all", with_image=bool(cfg.agent.use_image),
+                       embodiment=embodiment)
     t_rebuild = time.perf_counter()
     seen = store.rebuild()
     if seen:
@@ -149,7 +153,7 @@ def run_online(
             else TokenAuth.from_plain_tokens(embedded_tokens))
     servicer = FleetServicer(
         persist=store.persist, on_accept=store.on_accept, known_tasks=task_ids,
-        max_steps=max(get_task(t).step_budget for t in tasks), params_provider=policies,
+        max_steps=max(catalog[t].step_budget for t in tasks), params_provider=policies, embodiment=embodiment,
         auth=auth, seen_episode_ids=seen, max_inflight_bytes=int(oc.max_inflight_mb) << 20,
         max_streams_per_robot=int(oc.max_streams_per_robot), max_abs_reward=float(oc.max_abs_reward),
     )
@@ -167,7 +171,8 @@ def run_online(
     def publish(st: Any) -> None:
         version = int(st.step)
         params = jax.device_get(policy_params(st, kind))
-        policies.publish(version, encode_policy(cfg.agent, params, stats, version=version, kind=kind, instructions=lang))
+        policies.publish(version, encode_policy(cfg.agent, params, stats, version=version, kind=kind, instructions=lang,
+                                                embodiment=embodiment))
         versions.append(version)
 
     step = int(state.step)

@@ -35,6 +35,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from fleet_api.embodiment import UR5E, Embodiment
 from fleet_api.protos import FLEET_SERVICE_NAME, fleet_pb2, fleet_pb2_grpc
 from fleet_api.schema import DEFAULT_MAX_ABS_REWARD, Episode, SchemaError, validate_episode
 from fleet_api.wire import (
@@ -182,6 +183,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
         max_streams_per_robot: int = DEFAULT_MAX_STREAMS_PER_ROBOT,
         max_abs_reward: float = DEFAULT_MAX_ABS_REWARD,
+        embodiment: Embodiment = UR5E,
         params_format: str = PARAMS_FORMAT_MSGPACK,
         params_chunk_bytes: int = DEFAULT_PARAMS_CHUNK_BYTES,
         watch_poll_s: float = DEFAULT_WATCH_POLL_S,
@@ -195,6 +197,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             known_tasks = dict.fromkeys(known_tasks)
         self._known_tasks = known_tasks
         self._max_steps = max_steps
+        self._embodiment = embodiment  # every upload's field widths and action bounds are checked against it
         self._params_provider = params_provider
         self._auth = auth
         self._max_episode_bytes = max_episode_bytes
@@ -382,7 +385,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             self._check_identity(robot, header.robot_id)
             if self._known_tasks is not None and header.task not in self._known_tasks:
                 raise WireError("task", f"names an unknown task {header.task!r}; known: {sorted(self._known_tasks)}")
-            fields = check_header(header, max_steps=self._max_steps, max_episode_bytes=self._max_episode_bytes)
+            fields = check_header(header, max_steps=self._max_steps, max_episode_bytes=self._max_episode_bytes,
+                                  embodiment=self._embodiment)
             claim = self._claim(episode_id)
             if claim == "acked":
                 with self._lock:
@@ -405,14 +409,16 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                     self._release(episode_id)
                 raise
             try:
-                assembler = EpisodeAssembler(header, max_steps=self._max_steps, max_episode_bytes=self._max_episode_bytes)
+                assembler = EpisodeAssembler(header, max_steps=self._max_steps, max_episode_bytes=self._max_episode_bytes,
+                                             embodiment=self._embodiment)
                 for msg in request_iterator:
                     if msg.WhichOneof("kind") != "chunk":
                         raise WireError("header", "sent twice in one upload")
                     assembler.add_chunk(msg.chunk)
                 ep = validate_episode(
                     assembler.finish(), known_tasks=self._known_tasks, max_steps=self._max_steps,
-                    max_abs_reward=self._max_abs_reward, where=f"upload from robot {header.robot_id!r}, episode",
+                    max_abs_reward=self._max_abs_reward, embodiment=self._embodiment,
+                    where=f"upload from robot {header.robot_id!r}, episode",
                 )
                 digest = episode_digest(ep)
                 if claim == "acked":

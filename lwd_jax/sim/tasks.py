@@ -21,11 +21,13 @@ episodes — which always run to the budget — stay cheap to generate.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
+from fleet_api.tasks import TaskSpec, load_task_file
 from lwd_jax.sim import lights_out
 from lwd_jax.sim.skills import (
     MoveCube,
@@ -225,6 +227,26 @@ def _scene_info(block_xyz, buttons, drawer, window, goal_block_xyz, goal_buttons
     )
 
 
+# The suite's task file (fleet_api/tasks.py's format): wordings, step budgets and "long" flags live there, as
+# for any robot's tasks; the learner and the daemons read the same file through `suite_specs()`.
+SUITE_TASK_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "suite_tasks.toml")
+_SUITE: dict[str, TaskSpec] = load_task_file(SUITE_TASK_FILE)
+
+
+def _task(*, name: str, subgoals: tuple[Subgoal, ...], **scene: Any) -> Task:
+    """A Task from its scene, sub-goal predicates and plan (code) and its task-file record (data); the sub-goal
+    names must be the file's, in its order (a drifted file fails at import, naming the task)."""
+    spec = _SUITE.get(name)
+    if spec is None:
+        raise KeyError(f"{SUITE_TASK_FILE}: no [{name}] table for the simulated task {name!r}")
+    names = tuple(g.name for g in subgoals)
+    if names != spec.subgoals:
+        raise ValueError(f"{SUITE_TASK_FILE}: [{name}] field 'subgoals' is {list(spec.subgoals)}; the simulator's "
+                         f"predicates are {list(names)}")
+    return Task(name=name, instructions=spec.instructions, step_budget=spec.step_budget, subgoals=subgoals,
+                is_long=spec.is_long, **scene)
+
+
 def _puzzle_subgoals(init: tuple[int, ...], goal: tuple[int, ...]) -> tuple[Subgoal, ...]:
     total = lights_out.presses_remaining(np.asarray(init), np.asarray(goal), 3, 3)
     return tuple(Subgoal(f"press {k} of {total} done", PuzzlePresses(init, goal, k)) for k in range(1, total)) + (
@@ -232,17 +254,14 @@ def _puzzle_subgoals(init: tuple[int, ...], goal: tuple[int, ...]) -> tuple[Subg
     )
 
 
-def _puzzle_task(name, instructions, init, goal, budget, is_long) -> Task:
+def _puzzle_task(name, init, goal) -> Task:
     n = lights_out.presses_remaining(np.asarray(init), np.asarray(goal), 3, 3)
-    return Task(
+    return _task(
         name=name,
-        instructions=instructions,
         backend="puzzle-3x3",
         task_info=dict(init_button_states=np.array(init), goal_button_states=np.array(goal)),
-        step_budget=budget,
         subgoals=_puzzle_subgoals(init, goal),
         plan=(PlanStep(SolvePuzzle(goal=goal), n),),
-        is_long=is_long,
     )
 
 
@@ -262,44 +281,24 @@ _PUZZLE_ANTI_DIAGONAL_OFF = (1, 1, 0, 1, 0, 1, 0, 1, 1)
 TASKS: dict[str, Task] = {
     t.name: t
     for t in (
-        Task(
+        _task(
             name="cube_pick_place",
-            instructions=(
-                "move the red cube from the right side of the table to the left side",
-                "pick up the red cube and put it down on the left",
-                "place the red cube on the left side of the table",
-            ),
             backend="cube-single",
             task_info=dict(init_xyzs=np.array([_PICK_INIT]), goal_xyzs=np.array([_PICK_GOAL])),
-            step_budget=200,
             subgoals=(Subgoal("cube lifted", CubeLifted(0)), Subgoal("cube at the goal", TaskSuccess())),
             plan=(PlanStep(MoveCube(0, _PICK_GOAL), 2),),
-            is_long=False,
         ),
-        Task(
+        _task(
             name="cube_pick_place_diagonal",
-            instructions=(
-                "move the red cube from the back left corner to the front right corner",
-                "carry the red cube diagonally across the table to the front right",
-                "pick the red cube up at the back left and place it at the front right",
-            ),
             backend="cube-single",
             task_info=dict(init_xyzs=np.array([_DIAG_INIT]), goal_xyzs=np.array([_DIAG_GOAL])),
-            step_budget=250,
             subgoals=(Subgoal("cube lifted", CubeLifted(0)), Subgoal("cube at the goal", TaskSuccess())),
             plan=(PlanStep(MoveCube(0, _DIAG_GOAL), 2),),
-            is_long=False,
         ),
-        Task(
+        _task(
             name="cube_stack",
-            instructions=(
-                "move the red cube to the middle of the table and stack the blue cube on top of it",
-                "build a tower in the center: red cube at the bottom, blue cube on top",
-                "put the red cube in the middle, then stack the blue one on it",
-            ),
             backend="cube-double",
             task_info=dict(init_xyzs=np.array(_STACK_INIT), goal_xyzs=np.array(_STACK_GOAL)),
-            step_budget=400,
             subgoals=(
                 Subgoal("red cube lifted", CubeLifted(0)),
                 Subgoal("red cube in the middle", CubeAt(0, _STACK_GOAL[0])),
@@ -307,34 +306,20 @@ TASKS: dict[str, Task] = {
                 Subgoal("blue cube stacked on the red cube", TaskSuccess()),
             ),
             plan=(PlanStep(MoveCube(0, _STACK_GOAL[0]), 2), PlanStep(MoveCube(1, _STACK_GOAL[1]), 4)),
-            is_long=True,
         ),
-        Task(
+        _task(
             name="scene_open_drawer",
-            instructions=(
-                "open the drawer",
-                "pull the drawer all the way open",
-                "slide the drawer out",
-            ),
             backend="scene",
             task_info=_scene_info(
                 (0.40, 0.10, _REST_Z), [1, 1], 0.0, 0.0, (0.40, 0.10, _REST_Z), [1, 1], DRAWER_OPEN_Q, 0.0
             ),
-            step_budget=150,
             subgoals=(Subgoal("drawer moving", SlideMoved("drawer")), Subgoal("drawer open", TaskSuccess())),
             plan=(PlanStep(SlideDrawer(DRAWER_OPEN_Q), 2),),
-            is_long=False,
         ),
-        Task(
+        _task(
             name="scene_put_cube_in_drawer",
-            instructions=(
-                "unlock the drawer, open it, put the red cube inside and close the drawer",
-                "press the drawer button, pull the drawer open, drop the cube in and shut it",
-                "store the red cube in the drawer and close it (unlock the drawer first)",
-            ),
             backend="scene",
             task_info=_scene_info((0.35, 0.05, _REST_Z), [0, 0], 0.0, 0.0, _DRAWER_CUBE_GOAL, [1, 0], 0.0, 0.0),
-            step_budget=500,
             subgoals=(
                 Subgoal("drawer unlocked", ButtonIs(0, 1)),
                 Subgoal("drawer open", SlideAt("drawer", DRAWER_OPEN_Q)),
@@ -347,20 +332,13 @@ TASKS: dict[str, Task] = {
                 PlanStep(MoveCube(0, None), 3),
                 PlanStep(SlideDrawer(0.0), 4),
             ),
-            is_long=True,
         ),
-        Task(
+        _task(
             name="scene_unlock_and_open",
-            instructions=(
-                "unlock and open both the drawer and the window",
-                "press both buttons, then open the drawer and slide the window open",
-                "open the drawer and the window, unlocking each one first",
-            ),
             backend="scene",
             task_info=_scene_info(
                 (0.40, 0.10, _REST_Z), [0, 0], 0.0, 0.0, (0.40, 0.10, _REST_Z), [1, 1], DRAWER_OPEN_Q, WINDOW_OPEN_Q
             ),
-            step_budget=400,
             subgoals=(
                 Subgoal("drawer unlocked", ButtonIs(0, 1)),
                 Subgoal("drawer open", SlideAt("drawer", DRAWER_OPEN_Q)),
@@ -373,20 +351,13 @@ TASKS: dict[str, Task] = {
                 PlanStep(PressButton(1, 1), 3),
                 PlanStep(SlideWindow(WINDOW_OPEN_Q), 4),
             ),
-            is_long=True,
         ),
-        Task(
+        _task(
             name="scene_close_and_lock",
-            instructions=(
-                "close the drawer and the window and leave both locked",
-                "unlock, shut and re-lock the drawer, then do the same for the window",
-                "close everything and lock it again with the buttons",
-            ),
             backend="scene",
             task_info=_scene_info(
                 (0.35, -0.05, _REST_Z), [0, 0], DRAWER_OPEN_Q, WINDOW_OPEN_Q, (0.35, -0.05, _REST_Z), [0, 0], 0.0, 0.0
             ),
-            step_budget=500,
             subgoals=(
                 Subgoal("drawer unlocked", ButtonIs(0, 1)),
                 Subgoal("drawer closed", SlideAt("drawer", 0.0)),
@@ -403,20 +374,13 @@ TASKS: dict[str, Task] = {
                 PlanStep(SlideWindow(0.0), 5),
                 PlanStep(PressButton(1, 0), 6),
             ),
-            is_long=True,
         ),
-        Task(
+        _task(
             name="scene_rearrange",
-            instructions=(
-                "put the red cube away in the drawer, open the window, and leave the drawer and the window locked",
-                "unlock the drawer, store the cube in it, close and lock it, then unlock, open and re-lock the window",
-                "tidy the cube into the drawer and lock it, then open the window and lock it open",
-            ),
             backend="scene",
             task_info=_scene_info(
                 (0.35, 0.15, _REST_Z), [0, 0], 0.0, 0.0, _DRAWER_CUBE_GOAL, [0, 0], 0.0, WINDOW_OPEN_Q
             ),
-            step_budget=800,
             subgoals=(
                 Subgoal("drawer unlocked", ButtonIs(0, 1)),
                 Subgoal("drawer open", SlideAt("drawer", DRAWER_OPEN_Q)),
@@ -437,46 +401,29 @@ TASKS: dict[str, Task] = {
                 PlanStep(SlideWindow(WINDOW_OPEN_Q), 7),
                 PlanStep(PressButton(1, 0), 8),
             ),
-            is_long=True,
         ),
         _puzzle_task(
             "puzzle_3x3_diagonal_off",
-            (
-                "light every button except the diagonal from the top right to the bottom left",
-                "solve the lights-out puzzle: all lights on but the top-right to bottom-left diagonal",
-                "turn the grid on everywhere except along the anti-diagonal",
-            ),
             _PUZZLE_ALL_OFF,
             _PUZZLE_ANTI_DIAGONAL_OFF,
-            budget=150,
-            is_long=False,
         ),
         _puzzle_task(
             "puzzle_3x3_one_off",
-            (
-                "on the lit 3x3 button grid, turn off only the top left light",
-                "solve the lights-out puzzle: every light on except the top left corner",
-                "press buttons until just the top left light is dark",
-            ),
             _PUZZLE_ALL_ON,
             _PUZZLE_CORNER_OFF,
-            budget=250,
-            is_long=True,
         ),
         _puzzle_task(
             "puzzle_3x3_all_on",
-            (
-                "turn on all nine lights of the checkerboard button grid",
-                "solve the lights-out puzzle so that every button is lit",
-                "light up the whole 3x3 grid",
-            ),
             _PUZZLE_CHECKER,
             _PUZZLE_ALL_ON,
-            budget=400,
-            is_long=True,
         ),
     )
 }
+
+
+def suite_specs() -> dict[str, TaskSpec]:
+    """The simulated suite's tasks as the learner and the robots see them (its task file's records)."""
+    return {name: _SUITE[name] for name in task_names()}  # sorted, as task ids have always been
 
 
 def task_names() -> list[str]:
