@@ -96,6 +96,10 @@ def check_config(cfg: ml_collections.ConfigDict) -> list[str]:
                          f"tasks, not {foreign}; set config.online.num_robots=0 and connect your robots (make serve)")
     plan_fleet(cfg.online.num_robots, tasks, cfg.online.fleet_episodes, cfg.online.teleop_robots, cfg.seed)  # checks both
     if cfg.stage in ("online", "all") and (cfg.online_steps or cfg.online.until_stopped):
+        if jax.process_count() > 1:
+            raise ValueError(f"config.stage={cfg.stage!r}: the online stage serves the fleet from one learner process; "
+                             f"this run has {jax.process_count()} (several processes train the offline stages: "
+                             "stage=offline)")
         check_serving(cfg.online)  # unreadable credentials fail here, before any training (CredentialsError)
     return tasks
 
@@ -156,9 +160,12 @@ def load_offline(
 
 
 def sample_batches(cfg, buf: TransitionBuffer, online: TransitionBuffer | None, step: int, stats, table) -> dict:
-    """U batches for one jitted call, from a generator keyed by (seed, step): resume replays the same stream."""
-    rng = np.random.default_rng([cfg.seed, step])
-    n = cfg.batch_size * cfg.updates_per_call
+    """U batches for one jitted call, from a generator keyed by (seed, step): resume replays the same stream.
+    With several processes each builds only its rows (batch_size / processes) from its own stream, keyed by
+    (seed, step, process); the agent assembles the global batch (`sharding.global_batch`)."""
+    multi = jax.process_count() > 1
+    rng = np.random.default_rng([cfg.seed, step, jax.process_index()] if multi else [cfg.seed, step])
+    n = shd.local_batch_size(cfg.batch_size) * cfg.updates_per_call
     cols = mixed_batch(rng, buf, online, n, cfg.data.online_fraction, balanced=cfg.data.task_balanced)
     return batching.stack(batching.agent_batch(cols, stats, table), cfg.updates_per_call)
 
@@ -220,8 +227,12 @@ def run(cfg: ml_collections.ConfigDict, data: OfflineData | None = None, stop: t
     data = data if data is not None else load_data(cfg, tasks)
     table, offline, pretrain_buf = data.table, data.offline, data.pretrain
     stats = batching.stats_from_buffer(offline, emb.action_low, emb.action_high)
-    with open(os.path.join(cfg.workdir, "norm_stats.json"), "w") as f:  # what `make eval` rebuilds a policy with
-        f.write(stats.to_json())
+    # Several processes: all run every jitted computation (updates, probes); process 0 alone evaluates and writes
+    # the run's files, the others log to logs/process-<i>/ (their scalars are the same global values).
+    primary = jax.process_index() == 0
+    if primary:
+        with open(os.path.join(cfg.workdir, "norm_stats.json"), "w") as f:  # what `make eval` rebuilds a policy with
+            f.write(stats.to_json())
     print(f"offline buffer: {len(offline)} transitions ({len(pretrain_buf)} for BC pretrain), {len(table)} instructions, "
           f"{time.time() - t0:.1f}s", flush=True)
 
@@ -253,14 +264,15 @@ def run(cfg: ml_collections.ConfigDict, data: OfflineData | None = None, stop: t
             f"config.stage='online': the checkpoint in {cfg.workdir} is at step {step}, before the end of the offline "
             f"stage ({o_end}); run --config.stage=offline first, or --config.stage=all"
         )
-    logger = MetricsLogger(os.path.join(cfg.workdir, "logs"), console_every=1)
+    logger = MetricsLogger(os.path.join(cfg.workdir, "logs", *(() if primary else (f"process-{jax.process_index()}",))),
+                           console_every=1, quiet=not primary)
     # Only the simulator's tasks are evaluated (a robot's own tasks are measured by its fleet: `fleet status`)
     sim_tasks = [t for t in tasks if simulated(t)]
     if len(sim_tasks) < len(tasks):
         print(f"evaluation: {sorted(set(tasks) - set(sim_tasks))} are not simulated tasks: no simulator evaluation "
               "of them (the fleet's own success rates are in the logs and in `fleet status`)", flush=True)
-    evals = EvalCache(cfg, agent, stats, sim_tasks, all_tasks)
-    probe = CriticProbe(cfg, agent, offline, stats, table)
+    evals = EvalCache(cfg, agent, stats, sim_tasks if primary else [], all_tasks)
+    probe = CriticProbe(cfg, agent, offline, stats, table, write=primary)
     bar = tqdm(total=None if cfg.online.until_stopped else total, initial=step, desc="train", unit="upd", dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
     learner = Learner(cfg, logger, ckpt, probe, evals, bar, stop=stop)
     results: dict = {}
@@ -324,6 +336,10 @@ def run(cfg: ml_collections.ConfigDict, data: OfflineData | None = None, stop: t
     long_tasks = {t for t in tasks if catalog[t].is_long}
     table_md = (eval_report.markdown_table(results, long_tasks) if results else
                 "No simulator evaluation: none of the run's tasks is simulated (the fleet log has the robots' outcomes).")
+    if not primary:  # process 0 writes the run's tables
+        logger.close()
+        ckpt.close()
+        return results
     paired = paired_comparisons(evals, list(results))
     if paired:
         table_md += "\n\n" + eval_report.paired_markdown(paired)

@@ -305,8 +305,15 @@ class LWDAgent:
             )
         return self._jitted[name]
 
+    def _global(self, batches: Batch) -> Batch:
+        """Several processes: each passes its own rows [U, B / processes, ...], assembled here into the global
+        batch (`sharding.global_batch`); one process: unchanged."""
+        return shd.global_batch(self.mesh, batches, stacked=True)
+
     def pretrain_update(self, state: AgentState, batches: Batch) -> tuple[AgentState, Metrics]:
-        """U BC updates; `batches` leaves are [U, B, ...] (see `config.updates_per_call`)."""
+        """U BC updates; `batches` leaves are [U, B, ...] (see `config.updates_per_call`; with several processes,
+        this host's rows of them)."""
+        batches = self._global(batches)
         fn = functools.partial(self._scan, self._pretrain_step)
         return self._compile("pretrain", fn, state, batches, True)(state, batches)
 
@@ -316,6 +323,7 @@ class LWDAgent:
         learner step the online stage began at (the tau_base ramp counts from it)."""
         if stage not in ("offline", "online"):
             raise ValueError(f"agent.update: stage expected 'offline' or 'online', got {stage!r}")
+        batches = self._global(batches)
         fn = functools.partial(self._scan, functools.partial(self._rl_step, stage=stage, stage_start=stage_start))
         name = f"rl_{stage}_{stage_start}" + ("_bc" if "bc" in batches else "")  # the batch's structure is static
         return self._compile(name, fn, state, batches, True)(state, batches)
@@ -325,6 +333,7 @@ class LWDAgent:
         """U critic-only updates (value, critic, target EMA; the flows stay put); `batches` leaves are [U, B, ...]."""
         if stage not in ("offline", "online"):
             raise ValueError(f"agent.critic_update: stage expected 'offline' or 'online', got {stage!r}")
+        batches = self._global(batches)
         fn = functools.partial(self._scan, functools.partial(self._critic_step, stage=stage, stage_start=stage_start))
         return self._compile(f"critic_{stage}_{stage_start}", fn, state, batches, True)(state, batches)
 

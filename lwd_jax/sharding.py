@@ -6,9 +6,11 @@ either replicated (small nets, the CPU default) or split on the `fsdp` axis (lar
 chosen by config and applied leaf by leaf.
 
 Multi-host: call `maybe_initialize_distributed()` before any other JAX call on every host (it wraps
-`jax.distributed.initialize`, which reads the coordinator address, process count and id from the
-cluster environment or from `LWD_COORDINATOR`, `LWD_NUM_PROCESSES`, `LWD_PROCESS_ID`); the mesh then
-spans `jax.devices()` of all hosts and each host feeds its own slice of the global batch.
+`jax.distributed.initialize` with the coordinator address, process count and id from `LWD_COORDINATOR`,
+`LWD_NUM_PROCESSES`, `LWD_PROCESS_ID`, or from the cluster's own environment with `LWD_COORDINATOR=auto`
+(SLURM, Open MPI, Cloud TPU: JAX's own detection); on CPU hosts it selects the gloo collectives). The mesh
+then spans `jax.devices()` of all hosts, and each host builds only its own rows of every batch
+(`local_batch_size`), which `global_batch` assembles into one global array without any host holding the rest.
 """
 
 from __future__ import annotations
@@ -25,17 +27,72 @@ DATA_AXIS = "data"
 FSDP_AXIS = "fsdp"
 
 
-def maybe_initialize_distributed() -> bool:
-    """Starts multi-host JAX when the environment asks for it; returns True if it did."""
-    coordinator = os.environ.get("LWD_COORDINATOR")
+def maybe_initialize_distributed(env: dict[str, str] | None = None) -> bool:
+    """Starts multi-host JAX when the environment asks for it (see the module docstring); returns True if it
+    did. Errors name the variable that is missing or malformed."""
+    env = dict(os.environ if env is None else env)
+    coordinator = env.get("LWD_COORDINATOR", "")
     if not coordinator:
         return False
-    jax.distributed.initialize(
-        coordinator_address=coordinator,
-        num_processes=int(os.environ["LWD_NUM_PROCESSES"]),
-        process_id=int(os.environ["LWD_PROCESS_ID"]),
-    )
+    if jax.distributed.is_initialized():
+        return True
+    if os.environ.get("JAX_PLATFORMS", "").startswith("cpu") or env.get("LWD_CPU_COLLECTIVES"):
+        # CPU devices of several processes talk through gloo (JAX's CPU collectives); GPUs and TPUs bring theirs
+        jax.config.update("jax_cpu_collectives_implementation", env.get("LWD_CPU_COLLECTIVES", "gloo"))
+    if coordinator == "auto":  # SLURM, Open MPI, Cloud TPU...: JAX reads the cluster's own variables
+        jax.distributed.initialize()
+        return True
+    try:
+        num, pid = int(env["LWD_NUM_PROCESSES"]), int(env["LWD_PROCESS_ID"])
+    except KeyError as e:
+        raise ValueError(f"multi-host: LWD_COORDINATOR is set but {e.args[0]} is not") from None
+    except ValueError:
+        raise ValueError("multi-host: LWD_NUM_PROCESSES and LWD_PROCESS_ID must be integers, got "
+                         f"{env.get('LWD_NUM_PROCESSES')!r}, {env.get('LWD_PROCESS_ID')!r}") from None
+    if not 0 <= pid < num:
+        raise ValueError(f"multi-host: LWD_PROCESS_ID {pid} is not in [0, LWD_NUM_PROCESSES={num})")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num, process_id=pid)
     return True
+
+
+def local_batch_size(global_batch: int) -> int:
+    """Rows of each global batch this host builds (the global batch split evenly over the processes)."""
+    n = jax.process_count()
+    if global_batch % n:
+        raise ValueError(f"config.batch_size: {global_batch} must divide over {n} processes")
+    return global_batch // n
+
+
+def global_batch(mesh: Mesh, local: Any, stacked: bool = False) -> Any:
+    """This host's rows of a batch -> the global batch on `mesh` (batch axis 0, or 1 with `stacked`), each
+    host contributing its rows in process order. One process: returned as is (jit places it, as always)."""
+    if jax.process_count() == 1:
+        return local
+    sharding = batch_sharding(mesh, stacked)
+    axis = 1 if stacked else 0
+    n = jax.process_count()
+
+    def one(x: Any) -> jax.Array:
+        x = np.asarray(x)
+        shape = list(x.shape)
+        shape[axis] *= n
+        return jax.make_array_from_process_local_data(sharding, x, tuple(shape))
+
+    return jax.tree.map(one, local)
+
+
+def host_local(tree: Any) -> Any:
+    """A pytree of (global) arrays -> numpy on this host: fully replicated arrays (params, metrics) read from
+    this host's own copy, so no process needs another's memory; a process-local array is fetched as usual."""
+
+    def one(x: Any) -> Any:
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            if not x.is_fully_replicated:
+                raise ValueError(f"host_local: an array of shape {x.shape} is split over hosts (sharding {x.sharding})")
+            return np.asarray(x.addressable_data(0))
+        return jax.device_get(x)
+
+    return jax.tree.map(one, tree)
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, devices: list[Any] | None = None) -> Mesh:

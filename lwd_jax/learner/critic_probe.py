@@ -69,12 +69,13 @@ class CriticProbe:
     the extraction moved the policy there (`extraction_stats`): logged as probe/* on the learner's log
     cadence and saved per stage in workdir/probe.json."""
 
-    def __init__(self, cfg, agent: LWDAgent, offline: TransitionBuffer, stats, table):
+    def __init__(self, cfg, agent: LWDAgent, offline: TransitionBuffer, stats, table, write: bool = True):
         rows = offline.sample(np.random.default_rng([cfg.seed, 7]), cfg.probe_size, balanced=cfg.data.task_balanced)
         batch = batching.agent_batch(rows, stats, table)
         self.agent, self.obs, self.actions, self.mc = agent, batch["observations"], batch["actions"], rows["mc_return"]
         self.path = os.path.join(cfg.workdir, "probe.json")
         self.key = jax.random.PRNGKey(cfg.seed + 7)  # the same noise for policy and base, every probe
+        self.write = write  # False: compute (a multi-process run's other processes must join in), never write
 
     def stats(self, state) -> dict[str, float]:
         vals = jax.device_get(self.agent.critic_values(state.params, self.obs, self.actions))
@@ -95,11 +96,16 @@ class CriticProbe:
         logger.log(step, self.stats(state), prefix="probe")
 
     def save(self, state, step: int, stage: str) -> None:
+        """Computes the probe (every process of a multi-process run must: it is one jitted computation) and
+        records it in probe.json (only the process that writes the run's files)."""
+        stats = self.stats(state)
+        if not self.write:
+            return
         saved = {}
         if os.path.exists(self.path):
             with open(self.path) as f:
                 saved = json.load(f)
-        saved[stage] = {"step": int(step), **self.stats(state)}
+        saved[stage] = {"step": int(step), **stats}
         with open(self.path + ".tmp", "w") as f:
             json.dump(saved, f, indent=1)
         os.replace(self.path + ".tmp", self.path)

@@ -27,6 +27,7 @@ from lwd_jax.learner.checkpoint import Checkpointer
 from lwd_jax.learner.critic_probe import CriticProbe
 from lwd_jax.learner.evaluation import EvalCache
 from lwd_jax.learner.metrics_log import MetricsLogger, check_finite
+from lwd_jax.sharding import host_local
 
 Batches = dict[str, Any]
 UpdateFn = Callable[[Any, Batches], tuple[Any, dict[str, jax.Array]]]
@@ -95,7 +96,7 @@ class Learner:
                 phase.after_update(state, step)
             last = step >= phase.end or self.stopped or (phase.done is not None and phase.done())
             if due(step, cfg.log_every, u) or last:
-                scalars = self.logger.log(step, jax.device_get(metrics), prefix=phase.name)
+                scalars = self.logger.log(step, host_local(metrics), prefix=phase.name)  # this host's copy
                 check_finite(scalars, step)
                 if phase.extra_logs is not None:
                     self.logger.log(step, phase.extra_logs(step))
