@@ -91,11 +91,11 @@ class Embodiment:
     def mismatch(self, other: Embodiment, with_image: bool = False) -> str | None:
         """Why episodes of `other` cannot be used where this body's are expected (None: they can). The name and
         the control rate do not decide it: two arms of one model under different names share a policy."""
-        for key in ("action_dim", "state_dim", "proprio_dim", "action_low", "action_high") + (
-                ("image_shape",) if with_image else ()):
-            if getattr(self, key) != getattr(other, key):
-                return (f"field '{key}' differs: {list(getattr(self, key)) if isinstance(getattr(self, key), tuple) else getattr(self, key)} "
-                        f"({self.name}) vs {list(getattr(other, key)) if isinstance(getattr(other, key), tuple) else getattr(other, key)} ({other.name})")
+        keys = ("action_dim", "state_dim", "proprio_dim", "action_low", "action_high") + (("image_shape",) if with_image else ())
+        mine, theirs = self.to_dict(), other.to_dict()
+        for key in keys:
+            if mine[key] != theirs[key]:
+                return f"field '{key}' differs: {mine[key]} ({self.name}) vs {theirs[key]} ({other.name})"
         return None
 
     def to_dict(self) -> dict[str, Any]:
