@@ -108,11 +108,11 @@ def embodiment_of(cfg: ml_collections.ConfigDict) -> Embodiment:
     """The run's robot body (`config.embodiment`: "" the simulated UR5e, or a TOML file); the agent's action size
     and chunk length must be the body's (one source of truth for a robot, checked rather than overwritten)."""
     emb = load_embodiment(cfg.embodiment)
-    for key, want in (("action_dim", emb.action_dim), ("action_horizon", emb.chunk_len)):
+    for key, field in (("action_dim", "action_dim"), ("action_horizon", "chunk_len")):
+        want = getattr(emb, field)
         if int(cfg.agent[key]) != want:
-            raise ValueError(f"config.agent.{key}: {cfg.agent[key]}, but the embodiment {emb.describe()} has "
-                             f"{'action_dim' if key == 'action_dim' else 'chunk_len'} {want}; set "
-                             f"--config.agent.{key}={want}")
+            raise ValueError(f"config.agent.{key}: {cfg.agent[key]}, but the embodiment {emb.describe()} has {field} "
+                             f"{want}; set --config.agent.{key}={want}")
     return emb
 
 

@@ -18,14 +18,12 @@ import ml_collections
 import numpy as np
 
 from fleet_api.embodiment import UR5E, Embodiment, load_embodiment
-from fleet_api.tasks import load_task_file
 from lwd_jax.agent import LWDAgent, policy_params
 from lwd_jax.data.normalize import NormStats
 from lwd_jax.learner.checkpoint import Checkpointer
-from lwd_jax.learner.task_catalog import load_catalog
+from lwd_jax.learner.task_catalog import all_tasks, load_catalog
 from lwd_jax.nets.language import BertConfig, default_model_dir, get_default_encoder
 from lwd_jax.policy import KINDS, encode_policy
-from lwd_jax.sim.tasks import task_names
 
 CHECKPOINT_DIR = "checkpoints"  # under a run's workdir (experiments/train.py)
 STATS_FILE = "norm_stats.json"  # under a run's workdir: NormStats.to_json()
@@ -75,7 +73,7 @@ def run_wordings(cfg: ml_collections.ConfigDict) -> list[str]:
     catalog = load_catalog(task_file)
     spec = str(cfg.get("tasks", "all"))
     if spec == "all":
-        names = list(load_task_file(task_file)) if task_file else task_names()
+        names = all_tasks(task_file)
     else:
         names = [t.strip() for t in spec.split(",")]
     return [w for t in names if t in catalog for w in catalog[t].instructions]

@@ -34,11 +34,16 @@ def simulated(name: str) -> bool:
     return name in suite_specs()
 
 
+def all_tasks(task_file: str = "") -> list[str]:
+    """What `tasks = "all"` means: the task file's tasks when there is one, else every simulated task."""
+    return list(load_task_file(task_file)) if task_file else list(suite_specs())
+
+
 def parse_task_list(spec: str, catalog: Mapping[str, TaskSpec], task_file: str = "", field: str = "config.tasks") -> list[str]:
-    """"all" (the task file's tasks when there is one, else every simulated task) or comma-separated names ->
-    the run's task list; an unknown name or an empty list is an error naming `field` and the known tasks."""
+    """"all" (`all_tasks`) or comma-separated names -> the run's task list; an unknown name or an empty list is an
+    error naming `field` and the known tasks."""
     if spec == "all":
-        tasks = list(load_task_file(task_file)) if task_file else list(suite_specs())
+        tasks = all_tasks(task_file)
     else:
         tasks = [t.strip() for t in spec.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in catalog]
