@@ -53,8 +53,9 @@ def synthetic_episode(T: int, rng: np.random.Generator, robot_id: str) -> Episod
 
 
 def _uploader(target: str, robot_id: str, token: str, episodes: int, steps: int, steps_per_chunk: int,
-              ready: Any, start: Any, results: Any) -> None:
-    """One simulated robot: synthesize episodes, connect, wait for the start signal, upload them all."""
+              ready: Any, start: Any, results: Any, rate_hz: float = 0.0) -> None:
+    """One simulated robot: synthesize episodes, connect, wait for the start signal, upload them all (as fast
+    as acks come back, or at a steady `rate_hz` episodes per second: a fleet's pace rather than a burst)."""
 
     try:
         rng = np.random.default_rng(abs(hash(robot_id)) % (2**32))
@@ -63,7 +64,10 @@ def _uploader(target: str, robot_id: str, token: str, episodes: int, steps: int,
             client.policy_version()  # connect (with retries) before the clock starts
             ready.put((robot_id, None))
             start.wait()
-            for ep in eps:
+            t0 = time.monotonic()
+            for i, ep in enumerate(eps):
+                if rate_hz > 0:
+                    time.sleep(max(0.0, t0 + i / rate_hz - time.monotonic()))
                 client.upload_episode(ep)
         results.put((robot_id, None))
     except Exception as e:  # reported to the parent, which fails the run with it

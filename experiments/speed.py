@@ -32,6 +32,7 @@ import numpy as np
 
 from experiments import bench_bridge as bench_bridge_probe
 from experiments import bench_ingest as ingest
+from experiments import bench_pipeline as pipeline
 from experiments import benchmark
 from experiments.configs.benchmark import get_config as benchmark_config
 from experiments.configs.multitask import get_config
@@ -47,7 +48,7 @@ from lwd_jax.learner.service import FleetServicer, PolicyStore, serve
 from lwd_jax.policy import encode_policy
 from robot_bridge.client import LearnerClient
 
-PARTS = ("matmul", "update", "update_gpu", "methods", "inference", "bridge", "ingest", "push", "store")
+PARTS = ("matmul", "update", "update_gpu", "methods", "inference", "bridge", "ingest", "push", "store", "pipeline")
 
 
 def _timeit(fn: Callable[[], Any], repeats: int) -> float:
@@ -325,6 +326,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         doc["ingest"] = bench_ingest(args.quick)
     if "push" in parts:
         doc["push"] = bench_push(4, repeats)
+    if "pipeline" in parts:  # the online learner's input pipeline under fleet traffic (experiments/bench_pipeline.py)
+        doc["pipeline"] = (pipeline.run("smoke", 16, 2, uploaders=4, seconds=10.0, repeats=2) if args.quick
+                           else pipeline.run("suite", 256, 10, uploaders=16, seconds=60.0, repeats=repeats))
     if "store" in parts:
         doc["store"] = bench_store(200 if args.quick else 6000, 50 if args.quick else 500, durable=False)
     doc["machine"]["loadavg_end"] = os.getloadavg()[0]

@@ -274,7 +274,7 @@ def run(cfg: ml_collections.ConfigDict, data: OfflineData | None = None, stop: t
     evals = EvalCache(cfg, agent, stats, sim_tasks if primary else [], all_tasks)
     probe = CriticProbe(cfg, agent, offline, stats, table, write=primary)
     bar = tqdm(total=None if cfg.online.until_stopped else total, initial=step, desc="train", unit="upd", dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
-    learner = Learner(cfg, logger, ckpt, probe, evals, bar, stop=stop)
+    learner = Learner(cfg, logger, ckpt, probe, evals, bar, stop=stop, place=agent.place_batches)
     results: dict = {}
 
     def stopped() -> bool:

@@ -307,8 +307,17 @@ class LWDAgent:
 
     def _global(self, batches: Batch) -> Batch:
         """Several processes: each passes its own rows [U, B / processes, ...], assembled here into the global
-        batch (`sharding.global_batch`); one process: unchanged."""
+        batch (`sharding.global_batch`); one process: unchanged. Batches already placed (`place_batches`) pass."""
+        if all(isinstance(x, jax.Array) for x in jax.tree.leaves(batches)):
+            return batches
         return shd.global_batch(self.mesh, batches, stacked=True)
+
+    def place_batches(self, batches: Batch) -> Batch:
+        """Host batches [U, B, ...] (this host's rows of them) -> device arrays in the updates' batch sharding.
+        The learner's prefetch thread calls it, so the transfer overlaps the update in flight."""
+        if jax.process_count() > 1:
+            return shd.global_batch(self.mesh, batches, stacked=True)
+        return jax.device_put(batches, shd.tree_batch_shardings(self.mesh, batches, stacked=True))
 
     def pretrain_update(self, state: AgentState, batches: Batch) -> tuple[AgentState, Metrics]:
         """U BC updates; `batches` leaves are [U, B, ...] (see `config.updates_per_call`; with several processes,

@@ -39,3 +39,13 @@ def test_soak_episodes_are_schema_valid_and_minutes_are_binned_by_their_length()
     assert rows[0]["acks_per_s"] == 2.0 and rows[1]["acks_per_s"] == 2.0  # 120 acks / 60 s, 60 acks / 30 s
     assert abs(rows[1]["ack_p50_s"] - 0.2) < 1e-9 and rows[0]["rss_mb"] == 500.0 and rows[1]["rss_mb"] == 520.0
     assert not rows[0]["buffer_full"] and rows[1]["buffer_full"]
+
+
+def test_episode_to_sampleable_counts_to_the_first_update_whose_batch_was_built_after_it():
+    """bench_pipeline's latency: an episode accepted at t is sampleable in the first batch whose build started
+    at or after t, from the moment that batch's update starts; one accepted after the last build is not counted."""
+    from experiments.bench_pipeline import sampleable_latencies
+
+    built = [(0.0, 0.5), (0.5, 1.0), (1.0, 1.5)]  # (build start, update start) per call
+    lat = sampleable_latencies([0.0, 0.2, 0.5, 0.9, 1.2], built)
+    np.testing.assert_allclose(lat, [0.5, 0.8, 0.5, 0.6])  # 0.0 -> call 0; 0.2, 0.5 -> call 1; 0.9 -> call 2

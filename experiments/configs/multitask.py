@@ -122,6 +122,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
     c.batch_size = 256
     c.updates_per_call = 10  # lax.scan over this many batches per jitted call
+    # Calls whose batches are built (and placed on the devices) ahead, on a thread beside the update
+    # (learner/prefetch.py): 1 overlaps the next call's build with the update in flight; 0 builds each in the
+    # training thread between updates.
+    c.prefetch_batches = 1
     # CPU budget (measured: ~27 min on 2 shared cores with both evaluations, see README); the gpu variant
     # trains 10-100x longer.
     c.pretrain_steps = 10_000
@@ -199,6 +203,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         c.eval.workers = 1
         c.checkpoint_every = 2
         c.log_every = 2
+        c.probe_size = 128  # the probe runs at every log: 2048 rows cost ~10 s per probe with the image encoder
         for k in ("encoder_hidden", "actor_hidden", "critic_hidden", "value_hidden"):
             c.agent[k] = (32,)
         c.agent.encoder_dim = 32

@@ -11,7 +11,9 @@ from being drowned, as ALGORITHMS.md asks.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 
 import numpy as np
 
@@ -126,19 +128,26 @@ def mixed_batch(
     online_fraction: float,
     balanced: bool = True,
     task_weights: Mapping[int, float] | None = None,
+    online_lock: AbstractContextManager | None = None,
 ) -> Batch:
     """One batch, `online_fraction` of it from the online buffer (while it has data), the rest offline.
 
     The split is fixed per batch (not sampled) so the ratio the config states is the ratio trained on.
+    `online_lock` guards the online buffer (gRPC threads add to it): held only while its size is read and its
+    rows are copied out, never across the offline part (issue 17: the training thread's batch build must not
+    keep the servicer waiting). A buffer only grows, so the split decided first stays valid.
     """
     if not 0.0 <= online_fraction <= 1.0:
         raise ValueError(f"mixed_batch: online_fraction must be in [0, 1], got {online_fraction}")
-    n_on = int(round(batch_size * online_fraction)) if online is not None and len(online) else 0
+    lock = online_lock if online_lock is not None else contextlib.nullcontext()
+    with lock:
+        n_on = int(round(batch_size * online_fraction)) if online is not None and len(online) else 0
     parts = []
     if batch_size - n_on:
         parts.append(offline.sample(rng, batch_size - n_on, task_weights=task_weights, balanced=balanced))
     if n_on:
-        parts.append(online.sample(rng, n_on, task_weights=task_weights, balanced=balanced))
+        with lock:
+            parts.append(online.sample(rng, n_on, task_weights=task_weights, balanced=balanced))
     if len(parts) == 1:
         return parts[0]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -181,9 +181,9 @@ class FleetStore:
 
     def sample(self, rng: np.random.Generator, offline: TransitionBuffer, n: int, online_fraction: float,
                balanced: bool = True) -> Batch:
-        """A batch of `n`: `online_fraction` from the fleet buffer (once it has data), the rest offline."""
-        with self._lock:
-            return mixed_batch(rng, offline, self.buffer, n, online_fraction, balanced=balanced)
+        """A batch of `n`: `online_fraction` from the fleet buffer (once it has data), the rest offline. The
+        lock is held only while fleet rows are read (the offline part is built beside the servicer's threads)."""
+        return mixed_batch(rng, offline, self.buffer, n, online_fraction, balanced=balanced, online_lock=self._lock)
 
     def num_human_transitions(self) -> int:
         with self._lock:
@@ -194,7 +194,7 @@ class FleetStore:
         equally likely: the aggregate HG-DAgger clones (D ∪ D_human), whatever the RL batch's mix is."""
         with self._lock:
             frac = len(self.human) / max(len(demos) + len(self.human), 1)
-            return mixed_batch(rng, demos, self.human, n, frac, balanced=balanced)
+        return mixed_batch(rng, demos, self.human, n, frac, balanced=balanced, online_lock=self._lock)
 
     def snapshot(self) -> list[FleetEpisode]:
         """The last `recent` fleet-log records (all of them in a run shorter than that), oldest first."""

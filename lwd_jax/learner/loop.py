@@ -9,6 +9,10 @@ Cadence, with U = updates per jitted call (a step counter that advances by U): a
 on the call that crosses a multiple of N (`step % N < U`); logs, checkpoints and the probe also fire at
 the end of every phase, so each phase's last state is logged and saved.
 
+Input: a phase's batches are built ahead on a background thread (`learner/prefetch.py`, depth
+`config.prefetch_batches`) and placed on the devices by `place` (the agent's batch sharding), overlapping
+the update in flight; a batch is still a function of its step, so what each call trains on is unchanged.
+
 Stopping: `Learner.stop` (an Event the entry points set on SIGTERM/SIGINT) ends the running phase after
 the update in flight, as if it were the phase's end: logged and checkpointed, so the same command resumes
 from there. A phase's `done()` ends it early the same way (the online stage's wall-clock budget).
@@ -27,6 +31,7 @@ from lwd_jax.learner.checkpoint import Checkpointer
 from lwd_jax.learner.critic_probe import CriticProbe
 from lwd_jax.learner.evaluation import EvalCache
 from lwd_jax.learner.metrics_log import MetricsLogger, check_finite
+from lwd_jax.learner.prefetch import Prefetcher
 from lwd_jax.sharding import host_local
 
 Batches = dict[str, Any]
@@ -73,9 +78,12 @@ class Learner:
     """Runs phases with one cadence for logs, probes, checkpoints and evaluations (see the module doc)."""
 
     def __init__(self, cfg: Any, logger: MetricsLogger, ckpt: Checkpointer, probe: CriticProbe | None,
-                 evals: EvalCache | None, progress: Any = None, stop: threading.Event | None = None):
+                 evals: EvalCache | None, progress: Any = None, stop: threading.Event | None = None,
+                 place: Callable[[Batches], Batches] | None = None):
         self.cfg, self.logger, self.ckpt, self.probe, self.evals, self.progress = cfg, logger, ckpt, probe, evals, progress
         self.u = int(cfg.updates_per_call)
+        self.prefetch = int(cfg.get("prefetch_batches", 1))
+        self.place = place  # batches -> device arrays (LWDAgent.place_batches), run on the prefetch thread
         self.stop = stop if stop is not None else threading.Event()
 
     @property
@@ -84,11 +92,20 @@ class Learner:
 
     def run(self, state: Any, phase: Phase) -> Any:
         """Trains from `state.step` to `phase.end` (nothing when already there, or once stopped); returns the state."""
-        cfg, u = self.cfg, self.u
+        u = self.u
         step = int(state.step)
         saved = step  # a stop between calls still leaves the newest update checkpointed
+        with Prefetcher(phase.batches, step, u, phase.end, self.prefetch, self.place) as ahead:
+            state, step, saved = self._calls(state, phase, step, saved, ahead)
+        if saved != step:
+            self._save(state, step, phase)
+        return state
+
+    def _calls(self, state: Any, phase: Phase, step: int, saved: int, ahead: Prefetcher) -> tuple[Any, int, int]:
+        """The phase's calls from `step` until its end, a stop or `done()`; returns (state, step, last saved step)."""
+        cfg, u = self.cfg, self.u
         while step < phase.end and not self.stopped:
-            state, metrics = phase.update(state, phase.batches(step))
+            state, metrics = phase.update(state, ahead.get(step))
             step += u
             if self.progress is not None:
                 self.progress.update(u)
@@ -110,9 +127,7 @@ class Learner:
                                     phase.eval_meta() if phase.eval_meta is not None else {})
             if last:
                 break
-        if saved != step:
-            self._save(state, step, phase)
-        return state
+        return state, step, saved
 
     def _save(self, state: Any, step: int, phase: Phase) -> None:
         meta = {"phase": phase.name, "step": step, "version": 0, "config": self.cfg.to_json()}
