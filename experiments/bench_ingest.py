@@ -13,15 +13,18 @@ Uploaders are `spawn`ed processes (never fork a process that holds gRPC threads)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing as mp
 import threading
 import time
+import uuid
 from typing import Any
 
 import numpy as np
 
 from fleet_api.schema import ACTION_DIM, PROPRIO_DIM, STATE_DIM, Episode
+from lwd_jax.data.rlds_writer import RLDSWriter
 from lwd_jax.learner.auth import TokenAuth
 from lwd_jax.learner.service import FleetServicer, serve
 from robot_bridge.client import ClientConfig, LearnerClient
@@ -53,9 +56,10 @@ def synthetic_episode(T: int, rng: np.random.Generator, robot_id: str) -> Episod
 
 
 def _uploader(target: str, robot_id: str, token: str, episodes: int, steps: int, steps_per_chunk: int,
-              ready: Any, start: Any, results: Any, rate_hz: float = 0.0) -> None:
+              ready: Any, start: Any, results: Any, rate_hz: float = 0.0, duration_s: float = 0.0) -> None:
     """One simulated robot: synthesize episodes, connect, wait for the start signal, upload them all (as fast
-    as acks come back, or at a steady `rate_hz` episodes per second: a fleet's pace rather than a burst)."""
+    as acks come back, or at a steady `rate_hz` episodes per second: a fleet's pace rather than a burst).
+    With `duration_s`, it keeps uploading the same `episodes` under fresh ids until that much time has passed."""
 
     try:
         rng = np.random.default_rng(abs(hash(robot_id)) % (2**32))
@@ -65,10 +69,13 @@ def _uploader(target: str, robot_id: str, token: str, episodes: int, steps: int,
             ready.put((robot_id, None))
             start.wait()
             t0 = time.monotonic()
-            for i, ep in enumerate(eps):
+            i = 0
+            while i < len(eps) or (duration_s and time.monotonic() - t0 < duration_s):
                 if rate_hz > 0:
                     time.sleep(max(0.0, t0 + i / rate_hz - time.monotonic()))
-                client.upload_episode(ep)
+                ep = eps[i % len(eps)]
+                client.upload_episode(ep if i < len(eps) else dataclasses.replace(ep, episode_id=uuid.uuid4().hex))
+                i += 1
         results.put((robot_id, None))
     except Exception as e:  # reported to the parent, which fails the run with it
         ready.put((robot_id, repr(e)))
@@ -82,25 +89,33 @@ def _collect(queue: Any, n: int, timeout_s: float, phase: str) -> None:
             raise RuntimeError(f"bench: uploader {robot_id} failed while {phase}: {err}")
 
 
-def run(num_uploaders: int = 16, episodes: int = 20, steps: int = 200, steps_per_chunk: int = 100) -> dict[str, Any]:
-    """Measures accepted steps/s (T + 1 steps per episode) for `num_uploaders` concurrent robots."""
+def run(num_uploaders: int = 16, episodes: int = 20, steps: int = 200, steps_per_chunk: int = 100,
+        durable_dir: str = "", duration_s: float = 0.0) -> dict[str, Any]:
+    """Measures accepted steps/s (T + 1 steps per episode) for `num_uploaders` concurrent robots.
+
+    `durable_dir`: episodes go into a real RLDS fleet store there, fsynced before each ack (the learner's
+    path); otherwise `persist` only counts (the gRPC + validation ceiling). `duration_s`: each uploader keeps
+    sending (its `episodes`, again under fresh ids) until that long has passed."""
 
     tokens = {f"bench-{i}": f"token-{i}" for i in range(num_uploaders)}
     accepted = [0]
     lock = threading.Lock()
+    writer = RLDSWriter(durable_dir, durable=True, known_tasks={BENCH_TASK: 0}) if durable_dir else None
 
     def persist(ep: Episode) -> None:
+        if writer is not None:
+            writer.append(ep)
         with lock:
             accepted[0] += 1
 
     servicer = FleetServicer(persist=persist, known_tasks=[BENCH_TASK], max_steps=steps,
-                             auth=TokenAuth.from_plain_tokens(tokens), serialize_callbacks=False)
+                             auth=TokenAuth.from_plain_tokens(tokens), serialize_callbacks=writer is not None)
     server = serve(servicer, host="127.0.0.1", max_workers=max(8, 2 * num_uploaders))
     ctx = mp.get_context("spawn")  # never fork a process that holds gRPC threads
     ready, results, start = ctx.Queue(), ctx.Queue(), ctx.Event()
     procs = [
         ctx.Process(target=_uploader, args=(f"127.0.0.1:{server.port}", rid, tok, episodes, steps, steps_per_chunk,
-                                            ready, start, results), daemon=True)
+                                            ready, start, results, 0.0, duration_s), daemon=True)
         for rid, tok in tokens.items()
     ]
     try:
@@ -118,8 +133,10 @@ def run(num_uploaders: int = 16, episodes: int = 20, steps: int = 200, steps_per
                 if p.is_alive():
                     p.terminate()
         server.stop(grace=0)
-    n_eps = num_uploaders * episodes
-    if accepted[0] != n_eps:
+        if writer is not None:
+            writer.close()
+    n_eps = num_uploaders * episodes if not duration_s else accepted[0]
+    if accepted[0] != n_eps or (writer is not None and writer.num_episodes != n_eps):
         raise RuntimeError(f"bench: learner accepted {accepted[0]} of {n_eps} episodes")
     total_steps = n_eps * (steps + 1)
     bytes_per_step = 4 * STATE_DIM + STATE_DIM + 4 * PROPRIO_DIM + 4 * ACTION_DIM + 4 + 1 + 4
@@ -132,6 +149,7 @@ def run(num_uploaders: int = 16, episodes: int = 20, steps: int = 200, steps_per
         "episodes": n_eps,
         "steps_per_episode": steps,
         "steps_per_chunk": steps_per_chunk,
+        "durable": writer is not None,
     }
 
 

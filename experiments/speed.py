@@ -17,6 +17,7 @@ import functools
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -45,10 +46,11 @@ from lwd_jax.learner.auth import TokenAuth
 from lwd_jax.learner.local_fleet import ROBOT_ENV
 from lwd_jax.learner.online import fleet_log_path
 from lwd_jax.learner.service import FleetServicer, PolicyStore, serve
-from lwd_jax.policy import encode_policy
+from lwd_jax.policy import Policy, encode_policy
 from robot_bridge.client import LearnerClient
 
-PARTS = ("matmul", "update", "update_gpu", "methods", "inference", "bridge", "ingest", "push", "store", "pipeline")
+PARTS = ("matmul", "update", "update_gpu", "methods", "inference", "bridge", "ingest", "push", "store", "pipeline",
+         "publish")
 
 
 def _timeit(fn: Callable[[], Any], repeats: int) -> float:
@@ -91,11 +93,16 @@ def bench_update(variant: str, batch: int, updates_per_call: int, repeats: int, 
         holder["state"], m = agent.pretrain_update(holder["state"], batches)
         return m
 
+    def critic():  # the warm-up's critic-only update (value, critic, target EMA; no flow)
+        holder["state"], m = agent.critic_update(holder["state"], batches)
+        return m
+
     t = time.perf_counter()
     jax.block_until_ready(rl())
     compile_s = time.perf_counter() - t
     rl_s = _timeit(rl, repeats) / updates_per_call
     bc_s = _timeit(bc, repeats) / updates_per_call
+    critic_s = _timeit(critic, repeats) / updates_per_call
     unrolled = cfg.agent.copy_and_resolve_references()
     unrolled.qam.scan_unroll = True
     agent_u = LWDAgent(unrolled)
@@ -111,6 +118,7 @@ def bench_update(variant: str, batch: int, updates_per_call: int, repeats: int, 
         "rl_updates_per_s": 1.0 / rl_s,
         "rl_samples_per_s": batch / rl_s,
         "bc_updates_per_s": 1.0 / bc_s,
+        "critic_only_updates_per_s": 1.0 / critic_s,
         "gflop_per_update": gflop,
         "achieved_gflops": gflop / rl_s,
     }
@@ -212,9 +220,18 @@ def bench_bridge(chunks: int) -> dict[str, float]:
 
 
 def bench_ingest(quick: bool) -> dict[str, Any]:
+    """gRPC ingestion: bursts into a counting store (the transport + validation ceiling), then 16 uploaders for
+    30 s into the real fleet store, every episode fsynced before its ack (what a fleet gets)."""
     out = {}
     for m in (4,) if quick else (4, 16):
         out[f"uploaders_{m}"] = ingest.run(num_uploaders=m, episodes=5 if quick else 20, steps=200, steps_per_chunk=100)
+    root = tempfile.mkdtemp(prefix="lwd-ingest-bench-")
+    try:
+        m, seconds = (4, 3.0) if quick else (16, 30.0)
+        out[f"uploaders_{m}_durable"] = ingest.run(num_uploaders=m, episodes=5, steps=200, steps_per_chunk=100,
+                                                   durable_dir=os.path.join(root, "rlds"), duration_s=seconds)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     return out
 
 
@@ -222,7 +239,6 @@ def bench_store(appends: int, window: int, durable: bool) -> dict[str, Any]:
     """The fleet store's append latency against its size (one episode per append, the fleet path), and the
     time to re-read it all (a restart's rebuild). Goal: flat per-window latency (no growth with the store)."""
     import resource
-    import shutil
     import tempfile
 
     rng = np.random.default_rng(0)
@@ -285,6 +301,71 @@ def bench_push(num_robots: int, repeats: int) -> dict[str, Any]:
     return {"robots": num_robots, "blob_bytes": len(blob), "latency_s_median": statistics.median(lat), "latency_s_max": max(lat)}
 
 
+def bench_publish(num_robots: int, versions: int, every_s: float) -> dict[str, Any]:
+    """Publish -> robot loaded: the learner publishes a new version every `every_s` seconds; each of
+    `num_robots` bridge clients follows WatchPolicy, downloads the blob (sha256-checked), decodes it into a
+    `Policy` and acts once with it, as a daemon's watcher and loader do (all clients in this process: their
+    decodes share its cores and GIL, so this is an upper bound on one robot's own time). A daemon swaps to the
+    loaded version at its next episode boundary (it never changes policy mid-episode): add up to one episode."""
+    cfg = get_config("suite")
+    agent = LWDAgent(cfg.agent)
+    obs = random_obs(np.random.default_rng(0), 8)
+    params = jax.device_get(policy_params(agent.init(0, obs)))
+    lang = {"bench": np.zeros(obs["lang"].shape[-1], np.float32)}
+    one = {"state": np.zeros(obs["state"].shape[-1], np.float32), "state_mask": np.ones(obs["state"].shape[-1], bool),
+           "proprio": np.zeros(obs["proprio"].shape[-1], np.float32)}
+    store = PolicyStore()
+    tokens = {f"robot-{i}": f"tok-{i}" for i in range(num_robots)}
+    server = serve(FleetServicer(persist=lambda ep: None, params_provider=store, auth=TokenAuth.from_plain_tokens(tokens)),
+                   host="127.0.0.1", max_workers=2 * num_robots + 8)
+    published: dict[int, float] = {}
+    loaded: dict[tuple[str, int], float] = {}
+    errors: list[str] = []
+
+    def follow(rid: str, tok: str) -> None:
+        known = 0  # version 0 is published before the clock starts (every client loads it: warm-up)
+        try:
+            with LearnerClient(f"127.0.0.1:{server.port}", rid, tok) as client:
+                while known < versions:
+                    for v in client.watch_policy(known, timeout_s=30.0):
+                        if v <= known:
+                            continue
+                        blob = client.fetch_policy_blob()
+                        Policy(blob.data)(one, "bench")
+                        loaded[(rid, blob.version)] = time.perf_counter()
+                        known = blob.version
+                        if known >= versions:
+                            return
+        except Exception as e:  # reported below: a client that failed fails the part
+            errors.append(f"{rid}: {e!r}")
+
+    blob0 = encode_policy(cfg.agent, params, compute_stats(obs), 0, "policy", instructions=lang)
+    store.publish(0, blob0)
+    Policy(blob0)(one, "bench")  # the first version compiles the sampler once per process (a robot's start)
+    threads = [threading.Thread(target=follow, args=item, daemon=True) for item in tokens.items()]
+    for th in threads:
+        th.start()
+    try:
+        for v in range(1, versions + 1):
+            time.sleep(every_s)
+            blob = encode_policy(cfg.agent, params, compute_stats(obs), v, "policy", instructions=lang)
+            published[v] = time.perf_counter()
+            store.publish(v, blob)
+        for th in threads:
+            th.join(timeout=60.0)
+    finally:
+        server.stop(0)
+    if errors or len(loaded) < num_robots * versions:
+        raise RuntimeError(f"publish: {len(loaded)} of {num_robots * versions} loads; errors {errors[:3]}")
+    lat = [loaded[(rid, v)] - published[v] for rid in tokens for v in published]
+    every_robot = [max(loaded[(rid, v)] for rid in tokens) - published[v] for v in published]
+    return {"robots": num_robots, "versions": versions, "every_s": every_s, "blob_bytes": len(blob0),
+            "seconds": versions * every_s,
+            "publish_to_loaded_p50_s": float(np.percentile(lat, 50)), "publish_to_loaded_p99_s": float(np.percentile(lat, 99)),
+            "publish_to_every_robot_loaded_p50_s": float(np.percentile(every_robot, 50)),
+            "publish_to_every_robot_loaded_p99_s": float(np.percentile(every_robot, 99))}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="results/bench.json")
@@ -329,6 +410,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "pipeline" in parts:  # the online learner's input pipeline under fleet traffic (experiments/bench_pipeline.py)
         doc["pipeline"] = (pipeline.run("smoke", 16, 2, uploaders=4, seconds=10.0, repeats=2) if args.quick
                            else pipeline.run("suite", 256, 10, uploaders=16, seconds=60.0, repeats=repeats))
+    if "publish" in parts:  # publish -> every robot loaded, 16 clients over a minute
+        doc["publish"] = bench_publish(4, 4, 1.0) if args.quick else bench_publish(16, 30, 2.0)
     if "store" in parts:
         doc["store"] = bench_store(200 if args.quick else 6000, 50 if args.quick else 500, durable=False)
     doc["machine"]["loadavg_end"] = os.getloadavg()[0]

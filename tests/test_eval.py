@@ -205,6 +205,27 @@ def test_export_blob_matches_checkpoint(tiny_run):
             np.testing.assert_array_equal(a, b)
 
 
+def test_policy_versions_of_one_architecture_share_one_compiled_sampler(tiny_run):
+    """A robot loading version N + 1 compiles nothing: every Policy of one agent config acts through the same
+    agent (its jitted sampler takes the params as arguments), and still acts with its own params."""
+    from lwd_jax.agent import LWDAgent
+    from lwd_jax.learner.export import export_policy
+    from lwd_jax.policy import Policy
+
+    workdir, _ = tiny_run
+    blob = export_policy(workdir, "policy").blob
+    first, second = Policy(blob, seed=1), Policy(blob, seed=1)
+    assert first.agent is second.agent and isinstance(first.agent, LWDAgent)
+    obs = {"state": np.zeros(schema.STATE_DIM, np.float32), "state_mask": np.ones(schema.STATE_DIM, bool),
+           "proprio": np.zeros(schema.PROPRIO_DIM, np.float32)}
+    wording = next(iter(first._lang))
+    a1 = first(obs, wording)
+    second.params = jax.tree.map(lambda x: x + 0.5, second.params)  # another version's params, same shapes
+    a2 = second(obs, wording)
+    assert a1.shape == a2.shape and not np.allclose(a1, a2)  # the shared sampler acted with each one's params
+    assert Policy(export_policy(workdir, "base").blob).agent is first.agent  # (the blob's kind is in its params)
+
+
 def test_export_errors_name_the_path(tiny_run, tmp_path):
     from lwd_jax.learner.export import policy_blob_from_checkpoint
 
