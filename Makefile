@@ -46,8 +46,12 @@ data: install
 	@if [ -f $(OFFLINE)/.complete ]; then echo "data: $(OFFLINE) exists (make clean-data to redo)"; \
 	else $(PY) -m lwd_jax.sim.generate --config=$(DATA_CONFIG):large --config.out_dir=$(OFFLINE); fi
 
+# Two pytest workers, a test file each at a time (module fixtures built once): many tests wait on child
+# processes, robots' control rates and gRPC, so two share CI's 2 cores well. PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= 2
 test: install
-	XLA_PYTHON_CLIENT_PREALLOCATE=false TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
+	XLA_PYTHON_CLIENT_PREALLOCATE=false TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest -q --durations=15 \
+		$(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 # The whole flywheel: BC pretrain (SFT), offline LWD, then the learner service plus bridge daemons (one process
 # per simulated robot) on loopback for the online budget; ends with the per-task table, the paired tests and the

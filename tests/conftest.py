@@ -16,7 +16,8 @@ import pytest  # noqa: E402
 
 
 def pytest_configure(config):
-    cache = os.path.join(str(config.rootpath), ".pytest_cache", "jax")
+    # One cache per xdist worker (`make test` runs two): a directory is never written by two processes at once.
+    cache = os.path.join(str(config.rootpath), ".pytest_cache", "jax", os.environ.get("PYTEST_XDIST_WORKER", "main"))
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
 
