@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from fleet_api import schema
 from fleet_api.schema import PROPRIO_DIM, SchemaError
 from fleet_api.wire import episode_digest
 from lwd_jax.data import rlds_format
@@ -108,6 +109,23 @@ def test_fast_serializer_matches_tfds_encoding(episodes):
     tf.nest.map_structure(lambda a, b: np.testing.assert_array_equal(a.numpy(), b.numpy()), ours["episode_metadata"], theirs["episode_metadata"])
     for a, b in zip(ours["steps"], theirs["steps"], strict=True):
         tf.nest.map_structure(lambda x, y: np.testing.assert_array_equal(x.numpy(), y.numpy()), a, b)
+
+
+def test_wire_serializer_parses_to_the_protobuf_built_example(episodes):
+    """episode_to_example_bytes writes the wire format by hand: every episode (an image one, a terminal one,
+    a demo with policy_version -1) parses to exactly the message protobuf's own classes build, and packed
+    int64s of any value (negatives, > 2^56) match protobuf's varints."""
+    from tensorflow.core.example import example_pb2, feature_pb2
+
+    with_image = dataclasses.replace(episodes[1], observation={
+        **episodes[1].observation,
+        "image": np.random.default_rng(0).integers(0, 255, (episodes[1].num_steps + 1, *schema.IMAGE_SHAPE), np.uint8)})
+    for ep in [*episodes, with_image, dataclasses.replace(episodes[0], policy_version=-1, terminal=True)]:
+        fast = example_pb2.Example.FromString(rlds_format.episode_to_example_bytes(ep))
+        assert fast == example_pb2.Example.FromString(rlds_format.episode_to_example_proto_bytes(ep))
+    values = np.array([0, 1, 127, 128, 300, -1, -(2**63), 2**63 - 1, 2**56 + 3, -129], np.int64)
+    want = feature_pb2.Int64List(value=values.tolist()).SerializeToString()
+    assert rlds_format._field(1, rlds_format._varints(values)) == want
 
 
 def test_append_over_time_and_crash_recovery(tmp_path, episodes):

@@ -139,10 +139,8 @@ def _flatten(prefix: str, tree: dict[str, Any], out: dict[str, Any]) -> dict[str
     return out
 
 
-def episode_to_example_bytes(ep: Episode) -> bytes:
-    """`ep` as one serialised `tf.train.Example` in the layout of `episode_features` (validate it first)."""
-    from tensorflow.core.example import example_pb2, feature_pb2
-
+def _flat_episode(ep: Episode) -> dict[str, np.ndarray]:
+    """Feature key -> array of one episode in the layout of `episode_features` (images PNG-encoded)."""
     steps = episode_to_steps(ep)
     obs = dict(steps["observation"])
     if "image" in obs:
@@ -152,8 +150,84 @@ def episode_to_example_bytes(ep: Episode) -> bytes:
     meta = ep.metadata()
     for key in METADATA_KEYS:
         flat[f"episode_metadata/{key}"] = np.array([meta[key]], dtype=object if isinstance(meta[key], str) else None)
-    features = feature_pb2.Features(feature={key: _feature(value) for key, value in flat.items()})
+    return flat
+
+
+def episode_to_example_proto_bytes(ep: Episode) -> bytes:
+    """The reference serialisation: the same `tf.train.Example` built with the protobuf classes (what
+    `episode_to_example_bytes` is tested against; ~10x slower, the lists go through Python objects)."""
+    from tensorflow.core.example import example_pb2, feature_pb2
+
+    features = feature_pb2.Features(feature={key: _feature(value) for key, value in _flat_episode(ep).items()})
     return example_pb2.Example(features=features).SerializeToString()
+
+
+# ---- protobuf wire format of tf.train.Example, written directly (numbers straight from numpy buffers)
+_ONE_BYTE = [bytes((i,)) for i in range(0x80)]
+
+
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return _ONE_BYTE[n]
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _varints(values: np.ndarray) -> bytes:
+    """Packed int64 varints of a 1-d int64 array, vectorised (negatives as 10-byte two's complement)."""
+    v = values.astype(np.int64).view(np.uint64)
+    if not len(v):
+        return b""
+    if int(v.max()) < 0x80:  # bools, sub-goal counts, small ids: one byte each
+        return v.astype(np.uint8).tobytes()
+    nbytes = np.ones(len(v), np.int64)
+    for k in range(1, 10):
+        nbytes += v >= np.uint64(1 << (7 * k))
+    width = int(nbytes.max())
+    groups = np.stack([(v >> np.uint64(7 * k)) & np.uint64(0x7F) for k in range(width)], axis=1).astype(np.uint8)
+    more = np.arange(width)[None, :] < (nbytes[:, None] - 1)
+    groups |= (more * 0x80).astype(np.uint8)
+    keep = np.arange(width)[None, :] < nbytes[:, None]
+    return groups[keep].tobytes()
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2)."""
+    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
+
+
+def _feature_wire(value: np.ndarray) -> bytes:
+    """One `tf.train.Feature` message (bytes_list = 1, float_list = 2, int64_list = 3; packed numbers)."""
+    value = np.asarray(value)
+    if value.dtype.kind == "f":
+        return _field(2, _field(1, value.astype("<f4").ravel().tobytes()))
+    if value.dtype.kind in "biu":
+        return _field(3, _field(1, _varints(value.astype(np.int64).ravel())))
+    if value.dtype.kind in "OUS":
+        items = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in value.ravel().tolist()]
+        encoded: dict[bytes, bytes] = {}  # the instruction repeats on every step: encode each text once
+        return _field(1, b"".join([encoded.get(item) or encoded.setdefault(item, _field(1, item)) for item in items]))
+    raise TypeError(f"rlds_format: cannot serialise dtype {value.dtype}")
+
+
+def episode_to_example_bytes(ep: Episode) -> bytes:
+    """`ep` as one serialised `tf.train.Example` in the layout of `episode_features` (validate it first).
+
+    Why by hand: building the message through protobuf's Python classes turned every number into a Python
+    object and cost 2.5 ms of a 200-step episode's 5.8 ms durable append (the fleet store's whole budget
+    per episode, issue 17); the wire format of packed floats is the array's own little-endian bytes. The
+    result parses to the same message as `episode_to_example_proto_bytes` (tested), and stock TFDS reads it.
+    """
+    entries = (_field(1, _field(1, key.encode()) + _field(2, _feature_wire(value)))
+               for key, value in _flat_episode(ep).items())
+    return _field(1, b"".join(entries))
 
 
 def episode_from_arrays(arrays: dict[str, Any]) -> Episode:
