@@ -57,7 +57,8 @@ SERVE_TIMEOUT_S = 900.0  # smoke pretrain + offline + jit compile on 2 busy core
 STOP_TIMEOUT_S = 300.0
 RSS_EVERY_S = 5.0
 POOL = 8  # distinct episode bodies per client thread (each upload gets a fresh id)
-REBUILT = re.compile(r"rebuilt the fleet buffer from disk: (\d+) episodes, (\d+) transitions in ([0-9.]+) s")
+REBUILT = re.compile(r"rebuilt the fleet buffer from disk: (\d+) episodes \((\d+) read, by ([a-z ]+)\), (\d+) transitions "
+                     r"in ([0-9.]+) s")
 
 
 def soak_episode(task: str, steps: int, rng: np.random.Generator, robot_id: str) -> Episode:
@@ -275,8 +276,9 @@ def run(clients: int = 64, procs: int = 8, minutes: float = 10.0, workdir: str |
         "learner_exit_codes": [rc1, rc2], "client_process_failures": crashed,
         "clients_died": [f"{d['died']}: {d['what']}" for d in died],
         "restart": {"rebuilt_episodes": int(m.group(1)) if m else None,
-                    "rebuilt_transitions": int(m.group(2)) if m else None,
-                    "rebuild_s": float(m.group(3)) if m else None, "to_serving_s": restart_to_serving_s},
+                    "episodes_read": int(m.group(2)) if m else None, "rebuild_mode": m.group(3) if m else None,
+                    "rebuilt_transitions": int(m.group(4)) if m else None,
+                    "rebuild_s": float(m.group(5)) if m else None, "to_serving_s": restart_to_serving_s},
         "workdir": root,
     }
 

@@ -84,6 +84,17 @@ class TransitionBuffer:
         self._added += n
         self._task_index = None
 
+    def skip(self, n: int) -> None:
+        """Advances the ring as if `n` rows had been added, without their data: a restart that replays only the
+        newest rows (`FleetStore.rebuild`) skips the older ones, which those newest rows overwrite anyway,
+        and ends in the same layout (rows, cursor, size, total added) as replaying everything."""
+        if n < 0:
+            raise ValueError(f"replay: cannot skip {n} rows")
+        self._cursor = int((self._cursor + n) % self.capacity)
+        self._size = min(self._size + n, self.capacity)
+        self._added += n
+        self._task_index = None
+
     def tasks(self) -> dict[int, np.ndarray]:
         """Row indices per task id, rebuilt lazily after adds."""
         if self._task_index is None:

@@ -25,7 +25,7 @@ import dataclasses
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -73,7 +73,10 @@ class RLDSReader(RecordForensics):
         on_error: str = "raise",
         split: str = rlds_format.SPLIT,
         embodiment: Embodiment = UR5E,
+        shards: Sequence[int] | None = None,
     ):
+        """`shards`: read only these shard indices (in this order), as if the dataset held just them (episode
+        numbers in errors count within them): a restarted fleet store reads the newest episodes alone."""
         import tensorflow_datasets as tfds
 
         if on_error not in ON_ERROR_MODES:
@@ -98,6 +101,12 @@ class RLDSReader(RecordForensics):
             if index == len(self.shards) and os.path.exists(path):
                 self.shards.append(path)
                 self.shard_lengths.append(records)
+        if shards is not None:
+            bad = [i for i in shards if not 0 <= i < len(self.shards)]
+            if bad:
+                raise RLDSReadError(self.data_dir, f"shard indices {bad[:5]} not in [0, {len(self.shards)})", field="shards")
+            self.shards = [self.shards[i] for i in shards]
+            self.shard_lengths = [self.shard_lengths[i] for i in shards]
         self.offsets = [int(x) for x in np.concatenate([[0], np.cumsum(self.shard_lengths)])[:-1]]
         self.num_episodes = int(sum(self.shard_lengths))
         self.embodiment = embodiment  # the widths episodes are padded to, the action bounds they are checked against

@@ -2,14 +2,15 @@
 
 Why both, in this order: the servicer acknowledges an episode only after `persist` returned, so the RLDS
 shard is durable before the robot deletes its spooled copy; `on_accept` then cuts the episode into chunked
-n-step transitions for the online buffer. A restarted learner calls `rebuild()`: it replays the dataset into
-a fresh buffer and returns the acknowledged episode ids, which seed the servicer's dedupe set, so a robot
-that re-sends an episode whose ack was lost gets `duplicate` and nothing is stored twice.
+n-step transitions for the online buffer. A restarted learner calls `rebuild()`: it restores the buffers from
+the dataset and returns the acknowledged episode ids with their digests, which seed the servicer's dedupe
+table, so a robot that re-sends an episode whose ack was lost gets `duplicate` and nothing is stored twice.
 
 Memory stays bounded however long the fleet runs (issue 16): the replay buffers have a capacity, and the
-per-episode fleet log (the curves' data) goes to a JSONL file beside the dataset, `<rlds_dir>.episodes.jsonl`,
-rewritten from the dataset at every start (it is derived data); RAM keeps only the last `recent` records
-(the live fleet logs' window) and running counts.
+per-episode fleet log (the curves' data) goes to a JSONL file beside the dataset, `<rlds_dir>.episodes.jsonl`;
+RAM keeps only the last `recent` records (the live fleet logs' window) and running counts. The log is also
+the restart's index (each record: digest, shard, buffer rows), so a restart reads only the episodes the
+buffers can still hold; it is derived data, checked against the dataset and rebuilt from it when they differ.
 
 Threading: gRPC handler threads call persist/on_accept (serialized by the servicer), the training thread
 samples; a lock guards the buffer and the episode log. Instruction embeddings for new wordings are computed
@@ -21,6 +22,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -51,7 +53,14 @@ class FleetEpisode:
     subgoal_frac: float
     policy_version: int
     intervention_steps: int
-    accepted_at: float  # learner wall clock (time.time()) at acceptance; replayed episodes carry the rebuild time
+    accepted_at: float  # learner wall clock (time.time()) at acceptance (a full replay stamps the rebuild time)
+    # What a restart needs without reading the episode (issue 16): its content digest (the dedupe table), its
+    # RLDS shard, and the transitions it put in the fleet buffer and in the human-chunk buffer. -1 / "": a
+    # record written before these fields (such a log is rebuilt by a full replay).
+    digest: str = ""
+    shard: int = -1
+    rows: int = -1
+    human_rows: int = -1
 
 
 KEEP_MODES = ("all", "human")  # which transitions of an accepted episode enter the online buffer
@@ -112,55 +121,156 @@ class FleetStore:
         self._count = 0
         self._robot_steps = 0
         self.log_path = rlds_dir.rstrip("/") + ".episodes.jsonl"
-        self._log = open(self.log_path, "w")  # derived from the dataset: rebuild() writes it again
+        self._log: Any = None  # opened by rebuild() (kept, or rewritten), else at the first accept (rewritten)
+        self._shard_of: dict[str, int] = {}  # episode id -> its shard, from persist to on_accept
         self._lock = threading.Lock()
+        self.rebuild_stats: dict[str, Any] = {}
 
     # ---------------------------------------------------------------- servicer callbacks
 
     def persist(self, ep: Episode) -> None:
-        """One RLDS shard per episode, durable when this returns (the ack follows)."""
+        """One RLDS shard per episode, durable when this returns (the ack follows). The servicer serialises
+        persist/on_accept, so the shard just committed is this episode's."""
         self.writer.append(ep)
+        self._shard_of[ep.episode_id] = self.writer.num_shards - 1
 
-    def on_accept(self, ep: Episode) -> None:
-        """Episode -> transitions -> online buffer, and one line in the fleet log."""
+    def _columns(self, ep: Episode) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(rows for the fleet buffer, rows for the human-chunk buffer) of one episode."""
         cols = buffer_columns(chunk_transitions(ep, **self._cut), self._table)
-        rows = human_chunk_mask(ep.intervention, self._cut["chunk_len"])
-        human = {k: v[rows] for k, v in cols.items()}
+        human = {k: v[human_chunk_mask(ep.intervention, self._cut["chunk_len"])] for k, v in cols.items()}
         if self.keep == "human":  # HG-DAgger aggregates only what the human did
             cols = human
+        return cols, human
+
+    def _add(self, cols: dict[str, np.ndarray], human: dict[str, np.ndarray]) -> None:
+        if len(cols["action"]):
+            self.buffer.add(cols)
+        if self.human is not self.buffer and len(human["action"]):
+            self.human.add(human)
+
+    def _record(self, rec: FleetEpisode, write: bool = True) -> None:
+        """Counts `rec` (and appends it to the log file unless it is already there). Under the lock."""
+        if write:
+            if self._log is None:  # no rebuild() before the first accept: a fresh log, as a full replay writes
+                self._log = open(self.log_path, "w")
+            self._log.write(json.dumps(dataclasses.asdict(rec)) + "\n")
+        self._recent.append(rec)
+        self._count += 1
+        self._robot_steps += rec.steps
+
+    def on_accept(self, ep: Episode, shard: int | None = None, accepted_at: float | None = None) -> None:
+        """Episode -> transitions -> online buffer, and one line in the fleet log."""
+        cols, human = self._columns(ep)
+        shard = self._shard_of.pop(ep.episode_id, -1) if shard is None else shard
         with self._lock:
-            if len(cols["action"]):
-                self.buffer.add(cols)
-            if self.human is not self.buffer and len(human["action"]):
-                self.human.add(human)
-            rec = FleetEpisode(
+            self._add(cols, human)
+            self._record(FleetEpisode(
                 order=self._count, episode_id=ep.episode_id, robot_id=ep.robot_id, task=ep.task,
                 success=bool(ep.success), steps=int(ep.num_steps), subgoal_frac=ep.subgoal_frac,
                 policy_version=int(ep.policy_version), intervention_steps=int(ep.intervention.sum()),
-                accepted_at=time.time(),
-            )
-            self._log.write(json.dumps(dataclasses.asdict(rec)) + "\n")
-            self._recent.append(rec)
-            self._count += 1
-            self._robot_steps += rec.steps
+                accepted_at=time.time() if accepted_at is None else accepted_at, digest=episode_digest(ep), shard=shard,
+                rows=len(cols["action"]), human_rows=len(human["action"]) if self.human is not self.buffer else 0,
+            ))
 
     # ---------------------------------------------------------------- restart
 
     def rebuild(self) -> dict[str, str]:
-        """Replays the fleet dataset on disk into the (empty) buffer; returns {episode id: content digest} of
-        what is stored (the servicer's dedupe table: a re-upload of an id with other content is refused)."""
+        """Restores the buffers and the fleet log from disk; returns {episode id: content digest} of what is
+        stored (the servicer's dedupe table: a re-upload of an id with other content is refused).
 
-        if self.writer.num_episodes == 0:
-            return {}
-        ids = {}
-        for ep in RLDSReader(self.rlds_dir, embodiment=self.embodiment).episodes():
-            self.on_accept(ep)
-            ids[ep.episode_id] = episode_digest(ep)
-        return ids
+        Why not always replay everything: that read and cut every episode ever stored (83 s for 48k episodes
+        in the soak), though the buffers can hold only the newest `capacity` transitions. The fleet log
+        records each episode's digest, shard and buffer rows, so when it agrees with the dataset (one episode
+        per shard, in acceptance order) only the episodes the buffers still hold are read: the newest ones
+        up to the fleet buffer's capacity, and older ones only for their human-driven chunks, up to that
+        buffer's. The rows before them are skipped (`TransitionBuffer.skip`), so the buffers end exactly as a
+        full replay leaves them. Episodes committed after the log's last line (a crash between the shard's
+        commit and its log line) are read and logged; a torn last line is dropped. A log that does not agree
+        (missing, older format, another history) is rebuilt by the full replay, as before.
+        """
+        t0 = time.perf_counter()
+        n = self.writer.num_episodes
+        records = self._logged_records(n)
+        if n == 0 or records is None:  # the full replay: every episode (if any), a fresh log
+            self._log = open(self.log_path, "w")
+            for shard, ep in enumerate(RLDSReader(self.rlds_dir, embodiment=self.embodiment).episodes() if n else []):
+                self.on_accept(ep, shard=shard if self.writer.num_shards == n else -1)
+            self.rebuild_stats = {"mode": "full replay", "episodes": n, "episodes_read": n,
+                                  "seconds": time.perf_counter() - t0}
+            return {e.episode_id: e.digest for e in self.history()}
+        kept = len(records)
+        with open(self.log_path, "r+") as f:  # cut a torn tail line (and anything after the agreeing prefix)
+            f.truncate(sum(len(line.encode()) for line in self._log_lines()[:kept]))
+        self._log = open(self.log_path, "a")
+        late = list(range(kept, n))  # committed, never logged: read them now (they enter the buffers below)
+        if late:
+            reader = RLDSReader(self.rlds_dir, embodiment=self.embodiment, shards=late)
+            for shard, ep in zip(late, reader.episodes(), strict=True):
+                cols, human = self._columns(ep)
+                records.append(FleetEpisode(
+                    order=shard, episode_id=ep.episode_id, robot_id=ep.robot_id, task=ep.task, success=bool(ep.success),
+                    steps=int(ep.num_steps), subgoal_frac=ep.subgoal_frac, policy_version=int(ep.policy_version),
+                    intervention_steps=int(ep.intervention.sum()), accepted_at=time.time(), digest=episode_digest(ep),
+                    shard=shard, rows=len(cols["action"]),
+                    human_rows=len(human["action"]) if self.human is not self.buffer else 0))
+                self._log.write(json.dumps(dataclasses.asdict(records[-1])) + "\n")
+            self._log.flush()
+        main_from = _tail_start([r.rows for r in records], self.buffer.capacity)
+        human_from = _tail_start([r.human_rows for r in records], self.human.capacity) if self.human is not self.buffer else n
+        needed = [i for i in range(n) if (i >= main_from and records[i].rows > 0)
+                  or (i >= human_from and records[i].human_rows > 0)]  # (an episode that added no rows is not read)
+        with self._lock:
+            self.buffer.skip(sum(r.rows for r in records[:main_from]))
+            if self.human is not self.buffer:
+                self.human.skip(sum(r.human_rows for r in records[:human_from]))
+            reader = RLDSReader(self.rlds_dir, embodiment=self.embodiment, shards=needed) if needed else None
+            for i, ep in zip(needed, reader.episodes() if reader else [], strict=True):
+                cols, human = self._columns(ep)
+                if ep.episode_id != records[i].episode_id:
+                    raise RuntimeError(f"fleet store '{self.rlds_dir}': shard {i} holds episode {ep.episode_id}, the "
+                                       f"log says {records[i].episode_id}; move {self.log_path} away to replay all")
+                if i >= main_from and len(cols["action"]):
+                    self.buffer.add(cols)
+                if self.human is not self.buffer and i >= human_from and len(human["action"]):
+                    self.human.add(human)
+            for rec in records:
+                self._record(rec, write=False)
+        self.rebuild_stats = {"mode": "log", "episodes": n, "episodes_read": len(needed) + len(late),
+                              "late_episodes": len(late), "seconds": time.perf_counter() - t0}
+        return {r.episode_id: r.digest for r in records}
+
+    def _log_lines(self) -> list[str]:
+        try:
+            with open(self.log_path) as f:
+                return f.readlines()
+        except FileNotFoundError:
+            return []
+
+    def _logged_records(self, n: int) -> list[FleetEpisode] | None:
+        """The fleet log's records that agree with the dataset (record i = shard i = the i-th accepted episode,
+        with its digest and row counts), or None when the log cannot stand for the dataset (full replay)."""
+        if self.writer.num_shards != n:  # not one episode per shard: not a store this class filled
+            return None
+        lines = self._log_lines()
+        if not lines or n == 0:  # no log (or an empty one) beside a non-empty dataset: nothing to trust
+            return None
+        out: list[FleetEpisode] = []
+        for i, line in enumerate(lines):
+            try:
+                rec = FleetEpisode(**json.loads(line))
+            except (ValueError, TypeError):
+                break  # a torn last line (a crash mid-write): the episodes from here on are read from their shards
+            if rec.order != i or rec.shard != i or not rec.digest or rec.rows < 0 or rec.human_rows < 0:
+                return None  # an older log format, or another history than the dataset's
+            if any(r > self.buffer.capacity for r in (rec.rows, rec.human_rows)):
+                return None  # a block larger than the buffer: only a full replay reproduces its layout
+            out.append(rec)
+        return out if len(out) <= n else None
 
     def close(self) -> None:
         with self._lock:
-            self._log.close()
+            if self._log is not None:
+                self._log.close()
         self.writer.close()
 
     # ---------------------------------------------------------------- training side
@@ -204,11 +314,23 @@ class FleetStore:
     def history(self) -> Iterator[FleetEpisode]:
         """Every fleet-log record in acceptance order, read from the log file (the plots' data)."""
         with self._lock:
-            if not self._log.closed:
+            if self._log is not None and not self._log.closed:
                 self._log.flush()
+        if not os.path.exists(self.log_path):
+            return
         with open(self.log_path) as f:
             for line in f:
                 yield FleetEpisode(**json.loads(line))
+
+
+def _tail_start(rows: list[int], capacity: int) -> int:
+    """The first index of the shortest suffix of `rows` holding at least `capacity` rows (0: all of them)."""
+    total = 0
+    for i in range(len(rows) - 1, -1, -1):
+        total += rows[i]
+        if total >= capacity:
+            return i
+    return 0
 
 
 def fleet_summary(episodes: list[FleetEpisode], window: int, tasks: list[str] | None = None,

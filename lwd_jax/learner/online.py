@@ -140,8 +140,9 @@ def run_online(
     t_rebuild = time.perf_counter()
     seen = store.rebuild()
     if seen:
-        print(f"online: rebuilt the fleet buffer from disk: {len(seen)} episodes, {store.num_transitions()} "
-              f"transitions in {time.perf_counter() - t_rebuild:.1f} s", flush=True)
+        print(f"online: rebuilt the fleet buffer from disk: {len(seen)} episodes ({store.rebuild_stats['episodes_read']} "
+              f"read, by {store.rebuild_stats['mode']}), {store.num_transitions()} transitions in "
+              f"{time.perf_counter() - t_rebuild:.1f} s", flush=True)
 
     specs = plan_fleet(oc.num_robots, tasks, oc.fleet_episodes, oc.teleop_robots, cfg.seed)
     # An image policy needs robots that render their camera (robot.toml `render`; a GL backend for them)
