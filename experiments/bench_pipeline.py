@@ -70,6 +70,17 @@ def _percentiles(xs: list[float]) -> dict[str, float]:
             "max_s": float(np.max(xs))}
 
 
+def best_call_s(fn: Any, repeats: int) -> float:
+    """Seconds per call, best of `repeats` after one warm-up (the least-disturbed run on a shared machine)."""
+    jax.block_until_ready(fn())
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def sampleable_latencies(accepted: list[float], built: list[tuple[float, float]]) -> list[float]:
     """Per accepted episode (learner clock at acceptance): seconds until the start of the first update whose
     batch was built after it. `built`: (build start, update start) per call, in call order. Episodes accepted
@@ -113,12 +124,7 @@ def run(variant: str = "suite", batch: int = 256, updates_per_call: int = 10, up
         holder["state"], m = agent.update(holder["state"], placed, stage="online")
         return m
 
-    jax.block_until_ready(pure())
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(pure())
-        best = min(best, time.perf_counter() - t)
+    best = best_call_s(pure, repeats)
     out: dict[str, Any] = {"config": variant, "batch": batch, "updates_per_call": updates_per_call,
                            "pure_updates_per_s": updates_per_call / best, "uploaders": uploaders,
                            "episode_steps": episode_steps, "upload_hz_per_uploader": upload_hz, "seconds": seconds}

@@ -54,14 +54,8 @@ PARTS = ("matmul", "update", "update_gpu", "methods", "inference", "bridge", "in
 
 
 def _timeit(fn: Callable[[], Any], repeats: int) -> float:
-    """Seconds per call, best of `repeats` after one warm-up (the least-disturbed run on a shared machine)."""
-    jax.block_until_ready(fn())
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        best = min(best, time.perf_counter() - t)
-    return best
+    """Seconds per call, best of `repeats` after one warm-up (one definition: `bench_pipeline.best_call_s`)."""
+    return pipeline.best_call_s(fn, repeats)
 
 
 def bench_matmul(repeats: int) -> dict[str, float]:
