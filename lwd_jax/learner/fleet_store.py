@@ -158,19 +158,23 @@ class FleetStore:
         self._count += 1
         self._robot_steps += rec.steps
 
-    def on_accept(self, ep: Episode, shard: int | None = None, accepted_at: float | None = None) -> None:
+    def _fleet_record(self, ep: Episode, cols: dict[str, np.ndarray], human: dict[str, np.ndarray], order: int,
+                      shard: int) -> FleetEpisode:
+        """The fleet-log record of an episode accepted now, whose buffer rows are `cols` / `human`."""
+        return FleetEpisode(
+            order=order, episode_id=ep.episode_id, robot_id=ep.robot_id, task=ep.task, success=bool(ep.success),
+            steps=int(ep.num_steps), subgoal_frac=ep.subgoal_frac, policy_version=int(ep.policy_version),
+            intervention_steps=int(ep.intervention.sum()), accepted_at=time.time(), digest=episode_digest(ep),
+            shard=shard, rows=len(cols["action"]), human_rows=len(human["action"]) if self.human is not self.buffer else 0,
+        )
+
+    def on_accept(self, ep: Episode, shard: int | None = None) -> None:
         """Episode -> transitions -> online buffer, and one line in the fleet log."""
         cols, human = self._columns(ep)
         shard = self._shard_of.pop(ep.episode_id, -1) if shard is None else shard
         with self._lock:
             self._add(cols, human)
-            self._record(FleetEpisode(
-                order=self._count, episode_id=ep.episode_id, robot_id=ep.robot_id, task=ep.task,
-                success=bool(ep.success), steps=int(ep.num_steps), subgoal_frac=ep.subgoal_frac,
-                policy_version=int(ep.policy_version), intervention_steps=int(ep.intervention.sum()),
-                accepted_at=time.time() if accepted_at is None else accepted_at, digest=episode_digest(ep), shard=shard,
-                rows=len(cols["action"]), human_rows=len(human["action"]) if self.human is not self.buffer else 0,
-            ))
+            self._record(self._fleet_record(ep, cols, human, self._count, shard))
 
     # ---------------------------------------------------------------- restart
 
@@ -190,8 +194,8 @@ class FleetStore:
         """
         t0 = time.perf_counter()
         n = self.writer.num_episodes
-        records = self._logged_records(n)
-        if n == 0 or records is None:  # the full replay: every episode (if any), a fresh log
+        records, valid_bytes = self._logged_records(n)
+        if records is None:  # the full replay: every episode (if any), a fresh log
             self._log = open(self.log_path, "w")
             for shard, ep in enumerate(RLDSReader(self.rlds_dir, embodiment=self.embodiment).episodes() if n else []):
                 self.on_accept(ep, shard=shard if self.writer.num_shards == n else -1)
@@ -200,19 +204,13 @@ class FleetStore:
             return {e.episode_id: e.digest for e in self.history()}
         kept = len(records)
         with open(self.log_path, "r+") as f:  # cut a torn tail line (and anything after the agreeing prefix)
-            f.truncate(sum(len(line.encode()) for line in self._log_lines()[:kept]))
+            f.truncate(valid_bytes)
         self._log = open(self.log_path, "a")
-        late = list(range(kept, n))  # committed, never logged: read them now (they enter the buffers below)
-        if late:
+        late = list(range(kept, n))  # committed, never logged: logged now, and read again below if the buffers need them
+        if late:  # (rare: a crash between commits and log lines; re-reading them keeps one episode in RAM at a time)
             reader = RLDSReader(self.rlds_dir, embodiment=self.embodiment, shards=late)
             for shard, ep in zip(late, reader.episodes(), strict=True):
-                cols, human = self._columns(ep)
-                records.append(FleetEpisode(
-                    order=shard, episode_id=ep.episode_id, robot_id=ep.robot_id, task=ep.task, success=bool(ep.success),
-                    steps=int(ep.num_steps), subgoal_frac=ep.subgoal_frac, policy_version=int(ep.policy_version),
-                    intervention_steps=int(ep.intervention.sum()), accepted_at=time.time(), digest=episode_digest(ep),
-                    shard=shard, rows=len(cols["action"]),
-                    human_rows=len(human["action"]) if self.human is not self.buffer else 0))
+                records.append(self._fleet_record(ep, *self._columns(ep), order=shard, shard=shard))
                 self._log.write(json.dumps(dataclasses.asdict(records[-1])) + "\n")
             self._log.flush()
         main_from = _tail_start([r.rows for r in records], self.buffer.capacity)
@@ -225,10 +223,10 @@ class FleetStore:
                 self.human.skip(sum(r.human_rows for r in records[:human_from]))
             reader = RLDSReader(self.rlds_dir, embodiment=self.embodiment, shards=needed) if needed else None
             for i, ep in zip(needed, reader.episodes() if reader else [], strict=True):
-                cols, human = self._columns(ep)
                 if ep.episode_id != records[i].episode_id:
                     raise RuntimeError(f"fleet store '{self.rlds_dir}': shard {i} holds episode {ep.episode_id}, the "
                                        f"log says {records[i].episode_id}; move {self.log_path} away to replay all")
+                cols, human = self._columns(ep)
                 if i >= main_from and len(cols["action"]):
                     self.buffer.add(cols)
                 if self.human is not self.buffer and i >= human_from and len(human["action"]):
@@ -239,33 +237,33 @@ class FleetStore:
                               "late_episodes": len(late), "seconds": time.perf_counter() - t0}
         return {r.episode_id: r.digest for r in records}
 
-    def _log_lines(self) -> list[str]:
+    def _logged_records(self, n: int) -> tuple[list[FleetEpisode] | None, int]:
+        """(the fleet log's records that agree with the dataset: record i = shard i = the i-th accepted episode,
+        with its digest and row counts; the bytes of the log they occupy), or (None, 0) when the log cannot
+        stand for the dataset (full replay)."""
+        if n == 0 or self.writer.num_shards != n:  # empty, or not one episode per shard: not a store this class filled
+            return None, 0
         try:
-            with open(self.log_path) as f:
-                return f.readlines()
+            with open(self.log_path, "rb") as f:
+                lines = f.readlines()
         except FileNotFoundError:
-            return []
-
-    def _logged_records(self, n: int) -> list[FleetEpisode] | None:
-        """The fleet log's records that agree with the dataset (record i = shard i = the i-th accepted episode,
-        with its digest and row counts), or None when the log cannot stand for the dataset (full replay)."""
-        if self.writer.num_shards != n:  # not one episode per shard: not a store this class filled
-            return None
-        lines = self._log_lines()
-        if not lines or n == 0:  # no log (or an empty one) beside a non-empty dataset: nothing to trust
-            return None
+            lines = []
+        if not lines:  # no log (or an empty one) beside a non-empty dataset: nothing to trust
+            return None, 0
         out: list[FleetEpisode] = []
+        valid = 0
         for i, line in enumerate(lines):
             try:
                 rec = FleetEpisode(**json.loads(line))
             except (ValueError, TypeError):
                 break  # a torn last line (a crash mid-write): the episodes from here on are read from their shards
             if rec.order != i or rec.shard != i or not rec.digest or rec.rows < 0 or rec.human_rows < 0:
-                return None  # an older log format, or another history than the dataset's
+                return None, 0  # an older log format, or another history than the dataset's
             if any(r > self.buffer.capacity for r in (rec.rows, rec.human_rows)):
-                return None  # a block larger than the buffer: only a full replay reproduces its layout
+                return None, 0  # a block larger than the buffer: only a full replay reproduces its layout
             out.append(rec)
-        return out if len(out) <= n else None
+            valid += len(line)
+        return (out, valid) if len(out) <= n else (None, 0)
 
     def close(self) -> None:
         with self._lock:
