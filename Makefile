@@ -103,8 +103,13 @@ serve: data
 	MUJOCO_GL=disable $(PY) -m experiments.serve --config=experiments/configs/serve.py --config.data.offline_dir=$(OFFLINE) $(SERVE_ARGS)
 
 # Speed and memory goals live here, as JSON, never in timed tests.
+# The qam_ref part runs the public QAM reference's update (github.com/hbin0701/qam) in a venv of its own under
+# .bench/; it needs a checkout: QAM_REF_DIR=<path>, else one is cloned into .bench/qam (skipped if that fails).
+QAM_REF_DIR ?= .bench/qam
 bench: install
-	MUJOCO_GL=disable $(PY) -m experiments.speed --out results/bench.json
+	@[ -f $(QAM_REF_DIR)/agents/qam.py ] || git clone -q --depth 1 https://github.com/hbin0701/qam $(QAM_REF_DIR) \
+		|| echo "bench: no QAM reference checkout; the qam_ref part will say so"
+	MUJOCO_GL=disable QAM_REF_DIR=$(QAM_REF_DIR) $(PY) -m experiments.speed --out results/bench.json
 
 # Issue 16's soak: the real learner (experiments.serve, smoke nets, durable fleet store, training while it
 # ingests) against 64 bridge clients for 10 minutes; per-minute acks/s, ack latency, learner RSS, then

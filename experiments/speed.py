@@ -34,6 +34,7 @@ import numpy as np
 from experiments import bench_bridge as bench_bridge_probe
 from experiments import bench_ingest as ingest
 from experiments import bench_pipeline as pipeline
+from experiments import bench_qam_ref as qam_ref
 from experiments import benchmark
 from experiments.configs.benchmark import get_config as benchmark_config
 from experiments.configs.multitask import get_config
@@ -50,7 +51,7 @@ from lwd_jax.policy import Policy, encode_policy
 from robot_bridge.client import LearnerClient
 
 PARTS = ("matmul", "update", "update_gpu", "methods", "inference", "bridge", "ingest", "push", "store", "pipeline",
-         "publish")
+         "publish", "qam_ref")
 
 
 def _timeit(fn: Callable[[], Any], repeats: int) -> float:
@@ -360,11 +361,77 @@ def bench_publish(num_robots: int, versions: int, every_s: float) -> dict[str, A
             "publish_to_every_robot_loaded_p99_s": float(np.percentile(every_robot, 99))}
 
 
+def _fmt(x: Any, spec: str = ".3g") -> str:
+    return format(x, spec) if isinstance(x, (int, float)) else "–"
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The figures the speed goals name, each beside its goal, as a markdown table (written next to the JSON).
+    Parts not run are left out; everything else stays in the JSON."""
+    rows: list[tuple[str, str, str]] = []
+    upd = doc.get("update_default")
+    if upd:
+        rows += [(f"learner update, {upd['config']} config (batch {upd['batch']})",
+                  f"{_fmt(upd['rl_updates_per_s'])} updates/s; critic-only {_fmt(upd['critic_only_updates_per_s'])}; "
+                  f"BC {_fmt(upd['bc_updates_per_s'])}", "")]
+        if "fraction_of_roof" in upd:
+            rows.append(("learner GFLOP/s / matmul roof", f"{_fmt(upd['achieved_gflops'])} / "
+                         f"{_fmt(doc['matmul']['roof_gflops'])} = {_fmt(upd['fraction_of_roof'], '.2f')}", "≥ 0.9"))
+    pipe = doc.get("pipeline")
+    if pipe:
+        for key in sorted(k for k in pipe if k.startswith("prefetch_")):
+            r = pipe[key]
+            rows.append((f"online learner under {pipe['uploaders']} uploaders, {key.replace('_', ' ')} "
+                         f"/ pure update", f"{_fmt(r['updates_per_s'])} / {_fmt(pipe['pure_updates_per_s'])} = "
+                         f"{_fmt(r['ratio_to_pure'], '.2f')}", "≥ 0.9"))
+            lat = r["episode_to_sampleable"]
+            rows.append((f"episode → sampleable, {key.replace('_', ' ')} (n={lat['n']})",
+                         f"p50 {_fmt(lat['p50_s'])} s, p99 {_fmt(lat['p99_s'])} s", "p99 ≤ 1 s"))
+    pub = doc.get("publish")
+    if pub:
+        rows.append((f"publish → every robot loaded ({pub['robots']} robots, {pub['versions']} versions over "
+                     f"{_fmt(pub['seconds'])} s)", f"p50 {_fmt(pub['publish_to_every_robot_loaded_p50_s'])} s, "
+                     f"p99 {_fmt(pub['publish_to_every_robot_loaded_p99_s'])} s", "p99 ≤ 2 s"))
+    for _, r in sorted(doc.get("ingest", {}).items()):
+        rows.append((f"ingestion, {r['num_uploaders']} uploaders, {'fsynced before the ack' if r['durable'] else 'burst, no store'}"
+                     f" ({_fmt(r['wall_s'])} s)", f"{_fmt(r['steps_per_s'], ',.0f')} steps/s",
+                     "≥ 50k (durable)" if r["durable"] else ""))
+    ref = doc.get("qam_ref")
+    if ref and "skipped" in ref:
+        rows.append(("update vs the public QAM reference", f"skipped: {ref['skipped']}", "≥ 1.0 (CPU)"))
+    elif ref:
+        rows.append(("update vs the public QAM reference (its shapes: 4x512, 10 critics, K=10, batch 256)",
+                     f"{_fmt(ref['ours']['updates_per_s'])} / {_fmt(ref['reference']['updates_per_s'])} updates/s = "
+                     f"{_fmt(ref['updates_per_s_ratio'], '.2f')} (FLOPs per update {_fmt(ref['flop_ratio'], '.2f')}x, "
+                     f"GFLOP/s {_fmt(ref['gflops_ratio'], '.2f')}x)", "≥ 1.0 (CPU)"))
+    push = doc.get("push")
+    if push:
+        rows.append((f"push a {push['blob_bytes'] / 1e6:.1f} MB policy to {push['robots']} robots",
+                     f"median {_fmt(push['latency_s_median'])} s", ""))
+    inf = doc.get("inference")
+    if inf:
+        rows.append(("acting latency (batch 1 / 64)", f"p50 {_fmt(inf['batch1_p50_ms'])} / {_fmt(inf['batch64_p50_ms'])} ms", ""))
+    br = doc.get("bridge")
+    if br:
+        rows.append(("bridge daemon", ", ".join(f"{k} {_fmt(v)}" for k, v in br.items() if isinstance(v, (int, float))), ""))
+    st = doc.get("store")
+    if st:
+        rows.append((f"fleet store append, {st['appends']} appends", f"last/first window {_fmt(st['last_over_first_window'], '.2f')}, "
+                     f"p99 last window {_fmt(st['p99_ms_last_window'])} ms", "flat"))
+    m = doc["machine"]
+    head = (f"# make bench ({'quick' if doc.get('quick') else 'full'})\n\n{m['cpus']} CPUs, {m['backend']}, jax {m['jax']}; "
+            f"load average {m['loadavg_start']:.1f} at start, {m.get('loadavg_end', float('nan')):.1f} at end.\n\n")
+    table = "| figure | measured | goal |\n|---|---|---|\n" + "".join(f"| {a} | {b} | {c} |\n" for a, b, c in rows)
+    return head + table
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="results/bench.json")
     p.add_argument("--quick", action="store_true", help="few repeats, small sizes: a smoke run")
     p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
+    p.add_argument("--qam-ref", default=os.environ.get("QAM_REF_DIR", ".bench/qam"),
+                   help="a checkout of the public QAM reference (qam_ref part; default $QAM_REF_DIR or .bench/qam)")
     args = p.parse_args(argv)
     parts = [x for x in args.only.split(",") if x]
     bad = [x for x in parts if x not in PARTS]
@@ -408,10 +475,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         doc["publish"] = bench_publish(4, 4, 1.0) if args.quick else bench_publish(16, 30, 2.0)
     if "store" in parts:
         doc["store"] = bench_store(200 if args.quick else 6000, 50 if args.quick else 500, durable=False)
+    if "qam_ref" in parts:  # the public QAM reference's update beside ours (experiments/bench_qam_ref.py)
+        doc["qam_ref"] = qam_ref.run(args.qam_ref, os.path.join(".bench", "qam_ref-venv"), calls=2 if args.quick else 5,
+                                     repeats=repeats)
     doc["machine"]["loadavg_end"] = os.getloadavg()[0]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(doc, f, indent=1)
+    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+        f.write(markdown(doc))
     print(json.dumps(doc, indent=1))
     return doc
 

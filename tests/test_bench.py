@@ -13,8 +13,12 @@ from lwd_jax.sim.tasks import get_task
 
 def test_quick_bench_writes_sane_json(tmp_path):
     out = tmp_path / "bench.json"
-    doc = main(["--quick", "--only", "matmul,push,store", "--out", str(out)])
+    doc = main(["--quick", "--only", "matmul,push,store,qam_ref", "--qam-ref", str(tmp_path / "no-qam"), "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(doc))
+    # Without a checkout of the reference the part says so (never a number), in the JSON and the table.
+    assert "git clone" in doc["qam_ref"]["skipped"]
+    table = (tmp_path / "bench.md").read_text()
+    assert "| push a 5.2 MB policy to 4 robots |" in table and "skipped: QAM_REF_DIR=" in table
     assert doc["machine"]["cpus"] >= 1
     for v in doc["matmul"].values():
         assert math.isfinite(v) and v > 0

@@ -193,6 +193,32 @@ def test_stop_gradients_and_shapes(temperature):
     np.testing.assert_allclose(adj_k, jnp.broadcast_to(-2.0 * 1.5 * w_q.reshape(h, a), (b, h, a)), rtol=1e-6)
 
 
+def test_the_adjoint_pass_hands_back_the_base_velocity_and_q_it_already_evaluated():
+    """The loss reuses the exact adjoint's VJP forwards as v_beta(x_i, t_i) and the terminal gradient's forward
+    as rollout_q (saving K base and one ensemble forward): both must equal evaluating them directly, and the
+    shifted adjoint (evaluated at t_i + h) must hand back nothing for the loss to evaluate itself."""
+    b, k = 6, 5
+    obs = jnp.zeros((b, 1))
+    net = VelocityField(2, 3, hidden_dims=(16,))
+    p = jax.jit(net.init)(jax.random.PRNGKey(0), obs, jnp.zeros((b, 2, 3)), jnp.zeros((b,)))
+    vb = lambda o, x, t: net.apply(p, o, x, t)
+    xs = jax.random.normal(jax.random.PRNGKey(1), (k, b, 2, 3))
+    adj_k = jax.random.normal(jax.random.PRNGKey(2), (b, 2, 3))
+    cfg = qam.QAMConfig(flow_steps=k)
+    adjs, vs = jax.jit(lambda xs, a: qam.lean_adjoint_and_base_velocity(vb, obs, xs, a, cfg))(xs, adj_k)
+    direct = jnp.stack([vb(obs, xs[i], jnp.full((b,), i / k)) for i in range(k)])
+    np.testing.assert_allclose(vs, direct, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(adjs, qam.lean_adjoint(vb, obs, xs, adj_k, cfg), rtol=1e-5, atol=1e-6)
+    assert qam.lean_adjoint_and_base_velocity(vb, obs, xs, adj_k, qam.QAMConfig(flow_steps=k, adjoint="shifted"))[1] is None
+
+    w_q = jax.random.normal(jax.random.PRNGKey(3), (6,))
+    qf = lambda o, aa: jnp.stack([jnp.tanh(aa.reshape(b, -1)) @ w_q, aa.reshape(b, -1) @ w_q])
+    x_k = 1.5 * jax.random.normal(jax.random.PRNGKey(4), (b, 2, 3))  # some entries outside [-1, 1]: clipped
+    adj, q_end = qam.terminal_adjoint_and_q(qf, obs, x_k, cfg, 0.7)
+    np.testing.assert_allclose(q_end, jnp.mean(qf(obs, jnp.clip(x_k, -1.0, 1.0))), rtol=1e-6)
+    np.testing.assert_allclose(adj, qam.terminal_adjoint(qf, obs, x_k, cfg, 0.7), rtol=1e-6)
+
+
 def test_shifted_lean_adjoint_matches_autodiff_of_shifted_map():
     """adjoint="shifted" equals the exact VJP of the map x_i -> x_{i+1} = x_i + h b(x_i, t_i + h) chained from
     ã_K (checks the scan order, the t + h shift and the sign). Not the rollout actually taken: the exact
