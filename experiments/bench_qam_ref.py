@@ -19,15 +19,15 @@ fresh process of this environment, so neither inherits the other's compiled prog
 reference's code is never copied here: point `QAM_REF_DIR` at a checkout (`git clone
 https://github.com/hbin0701/qam`); without one the part is reported as skipped, with that instruction.
 
-This module is also the children's entry point (`--child reference|ours`), so its top level imports only the
-standard library: the reference's environment has no lwd_jax.
+The reference's child is experiments/qam_ref_child.py (standard library at its top: the reference's environment
+has no lwd_jax); ours is this module's `main`.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.metadata
-import importlib.util
 import json
 import os
 import subprocess
@@ -35,92 +35,32 @@ import sys
 import time
 from typing import Any
 
-REFERENCE_URL = "https://github.com/hbin0701/qam"
-OB_DIM = 46  # OGBench cube-triple (the reference main.py's default environment): 19 arm + 3 x 9 cube features
-HORIZON, ACTION_DIM, BATCH, NUM_CRITICS, FLOW_STEPS = 5, 5, 256, 10, 10
+import jax
+import numpy as np
+
+from experiments.configs.multitask import get_config
+from experiments.qam_ref_child import (
+    ACTION_DIM,
+    BATCH,
+    FLOW_STEPS,
+    HORIZON,
+    NUM_CRITICS,
+    REFERENCE_URL,
+    best_call_s,
+    flops,
+)
+from lwd_jax.agent import LWDAgent
+from lwd_jax.fake import random_batches, random_obs
+
 # Pinned to this environment's versions in the reference's venv. TensorFlow Probability's releases up to 0.25
 # fail to import with jax 0.10 (`jax.interpreters.xla.pytype_aval_mappings` is gone), its nightly works.
 PINNED = ("jax", "jaxlib", "flax", "optax", "numpy")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE_EXTRAS = ("ml_collections", "chex", "absl-py", "tfp-nightly")
-
-
-def _best_call_s(fn, calls: int, repeats: int) -> float:
-    """Seconds per call: best over `repeats` timings of `calls` back-to-back calls (after the first)."""
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = None
-        for _ in range(calls):
-            out = fn()
-        _block(out)
-        best = min(best, (time.perf_counter() - t) / calls)
-    return best
-
-
-def _block(tree) -> None:
-    import jax
-
-    jax.block_until_ready(tree)
-
-
-def _flops(compiled) -> float:
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    return float(cost["flops"])
-
-
-def reference_child(repo: str, calls: int, repeats: int) -> dict[str, Any]:
-    """The reference's `QAMAgent.update` on random batches of its layout (run in the reference's venv)."""
-    import jax
-    import numpy as np
-
-    sys.path.insert(0, repo)  # its `utils` package; its `agents/__init__` (every agent) is not imported
-    spec = importlib.util.spec_from_file_location("qam_reference_agent", os.path.join(repo, "agents", "qam.py"))
-    if spec is None or spec.loader is None:
-        raise FileNotFoundError(f"qam_ref: no agents/qam.py under {repo}")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    cfg = mod.get_config()
-    cfg.horizon_length, cfg.action_chunking = HORIZON, True
-    if (cfg.batch_size, cfg.num_qs, cfg.flow_steps) != (BATCH, NUM_CRITICS, FLOW_STEPS):
-        raise RuntimeError(f"qam_ref: the reference's defaults changed: batch {cfg.batch_size}, num_qs {cfg.num_qs}, "
-                           f"flow_steps {cfg.flow_steps}; update this bench's shapes")
-    rng = np.random.default_rng(0)
-    agent = mod.QAMAgent.create(0, np.zeros(OB_DIM, np.float32), np.zeros(ACTION_DIM, np.float32), dict(cfg))
-    batch = jax.device_put({  # the layout of its Dataset.sample_sequence: [B, H, ...] per step of the chunk
-        "observations": rng.normal(size=(BATCH, OB_DIM)).astype(np.float32),
-        "actions": rng.uniform(-1, 1, (BATCH, HORIZON, ACTION_DIM)).astype(np.float32),
-        "next_observations": rng.normal(size=(BATCH, HORIZON, OB_DIM)).astype(np.float32),
-        "rewards": (rng.uniform(size=(BATCH, HORIZON)) < 0.2).astype(np.float32),
-        "masks": np.ones((BATCH, HORIZON), np.float32),
-        "valid": np.ones((BATCH, HORIZON), np.float32),
-    })
-    holder = {"agent": agent}
-
-    def step():
-        holder["agent"], info = holder["agent"].update(batch)
-        return info
-
-    t = time.perf_counter()
-    _block(step())
-    compile_s = time.perf_counter() - t
-    sec = _best_call_s(step, calls, repeats)
-    gflop = _flops(jax.jit(type(agent).update).lower(holder["agent"], batch).compile()) / 1e9
-    return {"code": f"{REFERENCE_URL} agents/qam.py", "ob_dim": OB_DIM, "compile_s": compile_s,
-            "updates_per_s": 1.0 / sec, "gflop_per_update": gflop, "achieved_gflops": gflop / sec}
 
 
 def ours_child(calls: int, repeats: int) -> dict[str, Any]:
     """Our full offline update (DIVL + QAM) at the reference's widths, critic count, K and batch."""
-    import functools
-
-    import jax
-    import numpy as np
-
-    from experiments.configs.multitask import get_config
-    from lwd_jax.agent import LWDAgent
-    from lwd_jax.fake import random_batches, random_obs
-
     a = get_config("gpu").agent.copy_and_resolve_references()
     a.num_critics, a.qam.flow_steps, a.qam.tilt_diagnostics = NUM_CRITICS, FLOW_STEPS, False
     agent = LWDAgent(a)
@@ -133,13 +73,13 @@ def ours_child(calls: int, repeats: int) -> dict[str, Any]:
         return m
 
     t = time.perf_counter()
-    _block(step())
+    jax.block_until_ready(step())
     compile_s = time.perf_counter() - t
-    sec = _best_call_s(step, calls, repeats)
+    sec = best_call_s(step, calls, repeats)
     a.qam.scan_unroll = True  # cost_analysis counts a scan body once: unroll the K-loops to count them K times
     unrolled = LWDAgent(a)
     one = jax.tree.map(lambda x: x[0], batches)
-    gflop = _flops(jax.jit(functools.partial(unrolled._rl_step, stage="offline")).lower(unrolled.init(0, example), one).compile()) / 1e9
+    gflop = flops(jax.jit(functools.partial(unrolled._rl_step, stage="offline")).lower(unrolled.init(0, example), one).compile()) / 1e9
     obs_dim = sum(int(np.prod(v.shape[1:])) for k, v in example.items() if k != "state_mask")
     return {"code": "lwd_jax LWDAgent.update (DIVL + QAM), multitask.py:gpu", "obs_features": obs_dim,
             "encoder_dim": a.encoder_dim, "compile_s": compile_s, "updates_per_s": 1.0 / sec,
@@ -165,9 +105,7 @@ def ensure_reference_env(venv: str) -> str:
 
 
 def _child(python: str, args: list[str], env: dict[str, str]) -> dict[str, Any]:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([python, os.path.abspath(__file__), *args], capture_output=True, text=True, env=env,
-                         cwd=root, check=False)
+    out = subprocess.run([python, *args], capture_output=True, text=True, env=env, cwd=ROOT, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"qam_ref child {args[:2]}: exit {out.returncode}: {out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -180,10 +118,10 @@ def run(reference_dir: str | None, venv: str, calls: int = 5, repeats: int = 5) 
                            f"(git clone it and set QAM_REF_DIR)"}
     python = ensure_reference_env(venv)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     timing = ["--calls", str(calls), "--repeats", str(repeats)]
-    ref = _child(python, ["--child", "reference", "--reference-dir", os.path.abspath(reference_dir), *timing], env)
-    ours = _child(sys.executable, ["--child", "ours", *timing], {**env, "PYTHONPATH": root})
+    ref = _child(python, [os.path.join(ROOT, "experiments", "qam_ref_child.py"), "--reference-dir",
+                          os.path.abspath(reference_dir), *timing], env)
+    ours = _child(sys.executable, ["-m", "experiments.bench_qam_ref", *timing], {**env, "PYTHONPATH": ROOT})
     commit = subprocess.run(["git", "-C", reference_dir, "rev-parse", "HEAD"], capture_output=True, text=True,
                             check=False).stdout.strip()
     return {"reference": {**ref, "commit": commit or None}, "ours": ours,
@@ -195,17 +133,12 @@ def run(reference_dir: str | None, venv: str, calls: int = 5, repeats: int = 5) 
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The child that times ours (a fresh process of this environment): prints one JSON line."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--child", choices=("reference", "ours"), required=True)
-    p.add_argument("--reference-dir", default="")
     p.add_argument("--calls", type=int, default=5)
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
-    if args.child == "reference":
-        out = reference_child(args.reference_dir, args.calls, args.repeats)
-    else:
-        out = ours_child(args.calls, args.repeats)
-    print(json.dumps(out))
+    print(json.dumps(ours_child(args.calls, args.repeats)))
 
 
 if __name__ == "__main__":

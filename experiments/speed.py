@@ -368,7 +368,9 @@ def _fmt(x: Any, spec: str = ".3g") -> str:
 def markdown(doc: dict[str, Any]) -> str:
     """The figures the speed goals name, each beside its goal, as a markdown table (written next to the JSON).
     Parts not run are left out; everything else stays in the JSON."""
-    rows: list[tuple[str, str, str]] = []
+    rows: list[tuple[str, str, str]] = [(f"part `{k}`", f"failed: {v['error'][:300]}", "")
+                                        for k, v in doc.items() if isinstance(v, dict) and "error" in v]
+    full, doc = doc, {k: v for k, v in doc.items() if not (isinstance(v, dict) and "error" in v)}
     upd = doc.get("update_default")
     if upd:
         rows += [(f"learner update, {upd['config']} config (batch {upd['batch']})",
@@ -418,8 +420,8 @@ def markdown(doc: dict[str, Any]) -> str:
     if st:
         rows.append((f"fleet store append, {st['appends']} appends", f"last/first window {_fmt(st['last_over_first_window'], '.2f')}, "
                      f"p99 last window {_fmt(st['p99_ms_last_window'])} ms", "flat"))
-    m = doc["machine"]
-    head = (f"# make bench ({'quick' if doc.get('quick') else 'full'})\n\n{m['cpus']} CPUs, {m['backend']}, jax {m['jax']}; "
+    m = full["machine"]
+    head = (f"# make bench ({'quick' if full.get('quick') else 'full'})\n\n{m['cpus']} CPUs, {m['backend']}, jax {m['jax']}; "
             f"load average {m['loadavg_start']:.1f} at start, {m.get('loadavg_end', float('nan')):.1f} at end.\n\n")
     table = "| figure | measured | goal |\n|---|---|---|\n" + "".join(f"| {a} | {b} | {c} |\n" for a, b, c in rows)
     return head + table
@@ -450,42 +452,57 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "quick": args.quick,
     }
-    roof = None
-    if "matmul" in parts:
-        doc["matmul"] = bench_matmul(repeats)
-        roof = doc["matmul"]["roof_gflops"]
-    if "update" in parts:
-        doc["update_default"] = bench_update("smoke" if args.quick else "suite", 16 if args.quick else 256, 2 if args.quick else 10, repeats, roof)
-    if "update_gpu" in parts:
-        doc["update_gpu_config"] = bench_update("gpu", 256, 2, 2 if args.quick else 3, roof)
-    if "methods" in parts:
-        doc["methods"] = bench_methods(args.quick, repeats)
-    if "inference" in parts:
-        doc["inference"] = bench_inference(repeats)
-    if "bridge" in parts:
-        doc["bridge"] = bench_bridge(50 if args.quick else 500)
-    if "ingest" in parts:
-        doc["ingest"] = bench_ingest(args.quick)
-    if "push" in parts:
-        doc["push"] = bench_push(4, repeats)
-    if "pipeline" in parts:  # the online learner's input pipeline under fleet traffic (experiments/bench_pipeline.py)
-        doc["pipeline"] = (pipeline.run("smoke", 16, 2, uploaders=4, seconds=10.0, repeats=2) if args.quick
-                           else pipeline.run("suite", 256, 10, uploaders=16, seconds=60.0, repeats=repeats))
-    if "publish" in parts:  # publish -> every robot loaded, 16 clients over a minute
-        doc["publish"] = bench_publish(4, 4, 1.0) if args.quick else bench_publish(16, 30, 2.0)
-    if "store" in parts:
-        doc["store"] = bench_store(200 if args.quick else 6000, 50 if args.quick else 500, durable=False)
-    if "qam_ref" in parts:  # the public QAM reference's update beside ours (experiments/bench_qam_ref.py)
-        doc["qam_ref"] = qam_ref.run(args.qam_ref, os.path.join(".bench", "qam_ref-venv"), calls=2 if args.quick else 5,
-                                     repeats=repeats)
-    doc["machine"]["loadavg_end"] = os.getloadavg()[0]
+    q, qam_venv = args.quick, os.path.join(".bench", "qam_ref-venv")
+    # Each part is a thunk, run in this order; one that fails is recorded as {"error": ...} and the others still
+    # run, and the files are rewritten after every part (a 15-minute run never loses what it measured).
+    runs: dict[str, tuple[str, Callable[[], Any]]] = {
+        "matmul": ("matmul", lambda: bench_matmul(repeats)),
+        "update": ("update_default", lambda: bench_update("smoke" if q else "suite", 16 if q else 256, 2 if q else 10,
+                                                          repeats, _roof(doc))),
+        "update_gpu": ("update_gpu_config", lambda: bench_update("gpu", 256, 2, 2 if q else 3, _roof(doc))),
+        "methods": ("methods", lambda: bench_methods(q, repeats)),
+        "inference": ("inference", lambda: bench_inference(repeats)),
+        "bridge": ("bridge", lambda: bench_bridge(50 if q else 500)),
+        "ingest": ("ingest", lambda: bench_ingest(q)),
+        "push": ("push", lambda: bench_push(4, repeats)),
+        # the online learner's input pipeline under fleet traffic (experiments/bench_pipeline.py)
+        "pipeline": ("pipeline", lambda: pipeline.run("smoke", 16, 2, uploaders=4, seconds=10.0, repeats=2) if q
+                     else pipeline.run("suite", 256, 10, uploaders=16, seconds=60.0, repeats=repeats)),
+        # publish -> every robot loaded, 16 clients over a minute
+        "publish": ("publish", lambda: bench_publish(4, 4, 1.0) if q else bench_publish(16, 30, 2.0)),
+        "store": ("store", lambda: bench_store(200 if q else 6000, 50 if q else 500, durable=False)),
+        # the public QAM reference's update beside ours (experiments/bench_qam_ref.py)
+        "qam_ref": ("qam_ref", lambda: qam_ref.run(args.qam_ref, qam_venv, calls=2 if q else 5, repeats=repeats)),
+    }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(doc, f, indent=1)
-    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
-        f.write(markdown(doc))
+    for part in PARTS:
+        if part not in parts:
+            continue
+        key, thunk = runs[part]
+        t0 = time.perf_counter()
+        try:
+            doc[key] = thunk()
+        except Exception as e:  # noqa: BLE001 (recorded in the JSON and printed; the run goes on)
+            doc[key] = {"error": repr(e)[-2000:]}
+            print(f"bench: part {part} failed: {e!r}", file=sys.stderr, flush=True)
+        doc.setdefault("part_seconds", {})[part] = time.perf_counter() - t0
+        _write(doc, args.out)
+    doc["machine"]["loadavg_end"] = os.getloadavg()[0]
+    _write(doc, args.out)
     print(json.dumps(doc, indent=1))
     return doc
+
+
+def _roof(doc: dict[str, Any]) -> float | None:
+    return doc.get("matmul", {}).get("roof_gflops")
+
+
+def _write(doc: dict[str, Any], out: str) -> None:
+    """The JSON and its markdown table, each replaced whole (a reader never sees half a file)."""
+    for path, text in ((out, json.dumps(doc, indent=1)), (os.path.splitext(out)[0] + ".md", markdown(doc))):
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

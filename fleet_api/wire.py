@@ -91,6 +91,44 @@ def is_loopback(host: str) -> bool:
     return host.strip("[]") in LOOPBACK_HOSTS
 
 
+def learner_hosts(learner: str) -> list[str]:
+    """The host part of each address of a `learner` setting: "host:port", or a comma-separated list of
+    them (ingest replicas), or a gRPC target with a scheme ("dns:///name:port", "ipv4:a:p,b:p")."""
+    rest = learner.split(":", 1)[1].lstrip("/") if learner.startswith(("dns:", "ipv4:", "ipv6:")) else learner
+    return [a.strip().rsplit(":", 1)[0] for a in rest.split(",") if a.strip()]
+
+
+def channel_target(learner: str) -> tuple[str, list[tuple[str, str]]]:
+    """(gRPC target, extra channel options) for a `learner` setting.
+
+    One "host:port": as given. A comma-separated list (one entry per ingest replica, learner/replicas.py):
+    gRPC's own address list, "ipv4:a:p,b:p" (or ipv6:), balanced round-robin over the replicas that are up, so
+    a killed replica's robots go on with the others; gRPC lists only take IP addresses, so a host name there
+    is an error naming it (one DNS name that resolves to every replica, "dns:///name:port", does the same).
+    A target with a scheme is passed through, round-robin too.
+    """
+    import ipaddress
+
+    rr = [("grpc.lb_policy_name", "round_robin")]
+    if learner.startswith(("dns:", "ipv4:", "ipv6:", "unix:")):
+        return learner, rr
+    addrs = [a.strip() for a in learner.split(",") if a.strip()]
+    if len(addrs) == 1:
+        return addrs[0], []
+    families = set()
+    for a in addrs:
+        host = a.rsplit(":", 1)[0].strip("[]")
+        try:
+            families.add(ipaddress.ip_address(host).version)
+        except ValueError:
+            raise ValueError(f"field 'learner': an address list takes IP addresses (gRPC ipv4:/ipv6: lists), got "
+                             f"host {host!r} in {learner!r}; use one DNS name that resolves to every replica "
+                             "(dns:///name:port) instead") from None
+    if len(families) > 1:
+        raise ValueError(f"field 'learner': an address list mixes IPv4 and IPv6 addresses: {learner!r}")
+    return f"ipv{families.pop()}:{','.join(addrs)}", rr
+
+
 def client_metadata(robot_id: str, token: str | None) -> tuple[tuple[str, str], ...]:
     """The metadata a bridge sends on every call (no authorization entry when `token` is None)."""
     md = [(METADATA_ROBOT_ID, robot_id)]

@@ -30,6 +30,7 @@ from fleet_api.wire import (
     METADATA_ERROR_FIELD,
     ParamsIntegrityError,
     PolicyBlob,
+    channel_target,
     client_metadata,
     episode_arrays,
     episode_to_messages,
@@ -207,7 +208,8 @@ class LearnerClient:
         self._metadata = client_metadata(robot_id, token)
         self._stop = stop or threading.Event()
         self._rng = rng or random.Random()
-        options = config.channel_options(tls.target_name_override if tls else None)
+        target, extra = channel_target(target)  # one learner, or an ingest replicas' address list
+        options = config.channel_options(tls.target_name_override if tls else None) + extra
         if tls is None:
             self._channel = grpc.insecure_channel(target, options=options)
         else:

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from fleet_api.tasks import load_task_file
-from fleet_api.wire import ID_PATTERN, is_loopback
+from fleet_api.wire import ID_PATTERN, is_loopback, learner_hosts
 from lwd_jax.policy import Policy
 from robot_bridge.client import (
     AuthenticationFailed,
@@ -112,7 +112,7 @@ class DaemonConfig:
             raise ValueError("fields 'tls_cert' and 'tls_key': set both (mTLS) or neither")
         if self.tls_cert and not self.tls_root_ca:
             raise ValueError("field 'tls_root_ca': required when 'tls_cert' is set")
-        if not self.tls_root_ca and not self.insecure and not is_loopback(self.learner.rsplit(":", 1)[0]):
+        if not self.tls_root_ca and not self.insecure and not all(is_loopback(h) for h in learner_hosts(self.learner)):
             raise ValueError(f"field 'tls_root_ca': required for a learner off this machine ({self.learner!r}): "
                              "without TLS the robot's token crosses the network in the clear (set insecure = true "
                              "to accept that, e.g. on an isolated network)")

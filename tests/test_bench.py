@@ -28,6 +28,20 @@ def test_quick_bench_writes_sane_json(tmp_path):
     assert store["reread_episodes"] == store["appends"] == 200 and len(store["ms_per_append_by_window"]) == 4
 
 
+def test_a_failing_part_is_recorded_and_the_others_still_run(tmp_path, monkeypatch):
+    """A 15-minute `make bench` must not lose every figure to one part's crash (it did, once)."""
+    import experiments.speed as speed
+
+    def broken(*_a, **_k):
+        raise RuntimeError("no robots today")
+
+    monkeypatch.setattr(speed, "bench_push", broken)
+    doc = main(["--quick", "--only", "push,matmul", "--out", str(tmp_path / "bench.json")])
+    assert "no robots today" in doc["push"]["error"] and doc["matmul"]["roof_gflops"] > 0
+    assert json.loads((tmp_path / "bench.json").read_text())["push"] == doc["push"]
+    assert "| part `push` | failed: RuntimeError('no robots today') |" in (tmp_path / "bench.md").read_text()
+
+
 def test_soak_episodes_are_schema_valid_and_minutes_are_binned_by_their_length():
     """The soak's synthetic episodes pass the learner's own validation (else the soak would measure
     refusals), and its per-minute rates divide by each bin's real length (a last partial minute too)."""

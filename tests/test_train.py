@@ -105,6 +105,34 @@ def test_mini_flywheel_end_to_end(smoke_dataset, tmp_path, capsys):
     assert max(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()) == total + cfg.updates_per_call
 
 
+def test_mini_flywheel_through_two_ingest_replicas(smoke_dataset, tmp_path, capsys):
+    """online.ingest_replicas = 2: two replica processes take the robots' uploads into the shared store and
+    serve the published policy; the learner answers no robot, tails the store, and trains on what it reads."""
+    from lwd_jax.learner.replicas import SharedStore, iter_commits
+
+    data_cfg, _ = smoke_dataset
+    cfg = _cfg(data_cfg, tmp_path)
+    cfg.stage = "all"
+    cfg.online.ingest_replicas = 2
+    run(cfg)
+    out = capsys.readouterr().out
+    assert "2 ingest replicas 127.0.0.1:" in out and "Online budget: 4 fleet episodes" in out
+    robot_ids = []
+    for r in ("robot-0", "robot-1"):
+        logged = [json.loads(x) for x in (tmp_path / "fleet" / r / "state" / "episodes.jsonl").read_text().splitlines()]
+        assert len(logged) == 2 and not os.listdir(tmp_path / "fleet" / r / "state" / "spool" / "pending")
+        robot_ids += [x["episode_id"] for x in logged]
+    commits = dict(iter_commits(SharedStore(tmp_path / "fleet" / "shared")))
+    assert sorted(commits) == sorted(robot_ids)  # every fleet episode committed exactly once, by some replica
+    with open(fleet_log_path(str(tmp_path))) as f:  # and read by the learner once
+        assert sorted(json.loads(x)["episode_id"] for x in f) == sorted(robot_ids)
+    assert not (tmp_path / "fleet" / "rlds").exists()  # the learner stored nothing itself
+    total = cfg.pretrain_steps + cfg.offline_steps + cfg.online_steps
+    assert max(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()) == total
+    versions = sorted(os.listdir(tmp_path / "fleet" / "shared" / "policies"))
+    assert "CURRENT" in versions and len([v for v in versions if v.endswith(".blob")]) <= 3
+
+
 def test_image_policy_on_a_dataset_without_images_is_a_clear_error(smoke_dataset, tmp_path):
     data_cfg, _ = smoke_dataset  # generated without images
     cfg = _cfg(data_cfg, tmp_path)

@@ -168,6 +168,12 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.online.max_inflight_mb = 1024
     c.online.max_streams_per_robot = 2
     c.online.max_abs_reward = 1e3
+    # Ingest replicas (lwd_jax/learner/replicas.py): N > 0 starts N replica processes on `host` that take the
+    # robots' uploads into one shared store (exactly once by episode id) and serve the policy; the learner tails
+    # the store and answers no robot itself. Robots get the replicas' address list. shared_store: the store's
+    # root ("" : <workdir>/fleet/shared); on a cluster, a directory every replica and learner host mounts.
+    c.online.ingest_replicas = 0
+    c.online.shared_store = ""
 
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 10_000

@@ -98,7 +98,11 @@ class FleetStore:
         recent: int = RECENT_EPISODES,
         with_image: bool = False,
         embodiment: Embodiment = UR5E,
+        own_dataset: bool = True,
     ):
+        # own_dataset=False: the episodes are stored by ingest replicas (learner/replicas.py) and reach
+        # on_accept from a StoreTail; this store then keeps only the buffers and the fleet log (at rlds_dir's
+        # log path), and a restart refills them from the tail (rebuild returns nothing to dedupe against).
         self.rlds_dir = rlds_dir
         self._cut = dict(chunk_len=chunk_len, n_chunks=n_chunks, gamma=gamma, task_ids=dict(task_ids))
         self._table = table
@@ -110,7 +114,7 @@ class FleetStore:
         # embodiment: the fleet's body (its widths fix the dataset's layout; RLDSWriter refuses another one's)
         self.embodiment = embodiment
         self.writer = RLDSWriter(rlds_dir, durable=durable, known_tasks=dict(task_ids), with_image=with_image,
-                                 embodiment=embodiment)
+                                 embodiment=embodiment) if own_dataset else None
         self.buffer = TransitionBuffer(capacity)
         # The human-driven chunks again, on their own (a few % of fleet steps): the expert data a base flow can
         # clone beside the RL batch (agent.base_bc_data = "expert"). With keep="human" it is the buffer itself.
@@ -131,6 +135,8 @@ class FleetStore:
     def persist(self, ep: Episode) -> None:
         """One RLDS shard per episode, durable when this returns (the ack follows). The servicer serialises
         persist/on_accept, so the shard just committed is this episode's."""
+        if self.writer is None:
+            raise RuntimeError(f"fleet store '{self.rlds_dir}' is fed by ingest replicas: they persist, not the learner")
         self.writer.append(ep)
         self._shard_of[ep.episode_id] = self.writer.num_shards - 1
 
@@ -193,6 +199,11 @@ class FleetStore:
         (missing, older format, another history) is rebuilt by the full replay, as before.
         """
         t0 = time.perf_counter()
+        if self.writer is None:  # the replicas' store is re-read by the tail: a fresh log, nothing to dedupe here
+            os.makedirs(os.path.dirname(os.path.abspath(self.log_path)), exist_ok=True)
+            self._log = open(self.log_path, "w")
+            self.rebuild_stats = {"mode": "tail", "episodes": 0, "episodes_read": 0, "seconds": 0.0}
+            return {}
         n = self.writer.num_episodes
         records, valid_bytes = self._logged_records(n)
         if records is None:  # the full replay: every episode (if any), a fresh log
@@ -269,7 +280,8 @@ class FleetStore:
         with self._lock:
             if self._log is not None:
                 self._log.close()
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
     # ---------------------------------------------------------------- training side
 

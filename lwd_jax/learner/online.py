@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,10 +39,11 @@ from lwd_jax.agent import LWDAgent, policy_params
 from lwd_jax.data import batching
 from lwd_jax.data.normalize import NormStats
 from lwd_jax.data.replay import TransitionBuffer
-from lwd_jax.learner.auth import CredentialsError, TokenAuth, load_token_hashes
+from lwd_jax.learner.auth import CredentialsError, TokenAuth, add_robot, load_token_hashes
 from lwd_jax.learner.fleet_store import FleetEpisode, FleetStore, fleet_summary
 from lwd_jax.learner.local_fleet import LocalFleet, plan_fleet
 from lwd_jax.learner.loop import Learner, Phase, UpdateFn
+from lwd_jax.learner.replicas import DirectoryPolicies, ReplicaSet, SharedStore, StoreTail
 from lwd_jax.learner.service import FleetServicer, PolicyStore, ServerTLS, serve
 from lwd_jax.learner.task_catalog import load_catalog
 from lwd_jax.policy import encode_policy
@@ -71,6 +73,13 @@ def check_serving(oc: ml_collections.ConfigDict) -> None:
                          "mTLS serves a real fleet only (online.num_robots=0)")
     if oc.duration_s < 0:
         raise ValueError(f"config.online.duration_s: expected >= 0, got {oc.duration_s}")
+    if oc.ingest_replicas < 0:
+        raise ValueError(f"config.online.ingest_replicas: expected >= 0 (0: the learner serves the robots), got "
+                         f"{oc.ingest_replicas}")
+    if oc.shared_store and oc.ingest_replicas == 0 and oc.num_robots:
+        raise ValueError("config.online.num_robots: with replicas run elsewhere (online.shared_store set, "
+                         "ingest_replicas 0) the embedded robots would not know their addresses; set num_robots=0 "
+                         "or let the learner start the replicas (online.ingest_replicas > 0)")
     for key in ("tls_cert", "tls_key", "tls_client_ca", "tls_ca"):
         if oc[key] and not os.access(oc[key], os.R_OK):
             raise CredentialsError(f"config.online.{key}: cannot read {oc[key]!r}")
@@ -133,10 +142,14 @@ def run_online(
     expert_bc = not hg_dagger and cfg.agent.base_bc_data == "expert"  # (the agent checked its base is trained)
     if expert_bc and expert is None:
         raise ValueError("run_online: agent.base_bc_data='expert' needs the expert buffer (BC pretraining's data)")
-    store = FleetStore(os.path.join(root, "rlds"), chunk_len=cfg.agent.action_horizon, n_chunks=n_online,
-                       gamma=cfg.data.gamma, task_ids=task_ids, table=table, capacity=cfg.data.online_capacity,
-                       keep="human" if hg_dagger else "all", with_image=bool(cfg.agent.use_image),
-                       embodiment=embodiment)
+    # Ingest replicas: they store the uploads in a shared store; this learner tails it (learner/replicas.py).
+    # ingest_replicas > 0: this learner starts them; shared_store alone: the operator runs them (README).
+    shared = (SharedStore(oc.shared_store or os.path.join(root, "shared"))
+              if oc.ingest_replicas > 0 or oc.shared_store else None)
+    store = FleetStore(os.path.join(root, "rlds"), chunk_len=cfg.agent.action_horizon,  # (its log: fleet_log_path)
+                       n_chunks=n_online, gamma=cfg.data.gamma, task_ids=task_ids, table=table,
+                       capacity=cfg.data.online_capacity, keep="human" if hg_dagger else "all",
+                       with_image=bool(cfg.agent.use_image), embodiment=embodiment, own_dataset=shared is None)
     t_rebuild = time.perf_counter()
     seen = store.rebuild()
     if seen:
@@ -148,24 +161,48 @@ def run_online(
     # An image policy needs robots that render their camera (robot.toml `render`; a GL backend for them)
     extra = {"shutdown_drain_s": 30.0, **({"render": True} if cfg.agent.use_image else {})}
     fleet = LocalFleet(root, specs, control_hz=oc.control_hz, extra_config=extra)
-    policies = PolicyStore()
     embedded_tokens = fleet.make_tokens()
-    auth = (TokenAuth.watching(oc.tokens_file, embedded_tokens) if oc.tokens_file
-            else TokenAuth.from_plain_tokens(embedded_tokens))
-    servicer = FleetServicer(
-        persist=store.persist, on_accept=store.on_accept, known_tasks=task_ids,
-        max_steps=max(catalog[t].step_budget for t in tasks), params_provider=policies, embodiment=embodiment,
-        auth=auth, seen_episode_ids=seen, max_inflight_bytes=int(oc.max_inflight_mb) << 20,
-        max_streams_per_robot=int(oc.max_streams_per_robot), max_abs_reward=float(oc.max_abs_reward),
-    )
+    limits = {"max_inflight_bytes": int(oc.max_inflight_mb) << 20, "max_streams_per_robot": int(oc.max_streams_per_robot),
+              "max_abs_reward": float(oc.max_abs_reward)}
+    max_steps = max(catalog[t].step_budget for t in tasks)
     tls = ServerTLS.from_files(oc.tls_cert, oc.tls_key, oc.tls_client_ca or None) if oc.tls_cert else None
     if tls is None and not is_loopback(oc.host):
         print(f"online: WARNING: serving on {oc.host} without TLS: robots' tokens cross the network in the clear "
               "(set online.tls_cert and online.tls_key)", flush=True)
-    server = serve(servicer, port=oc.port, host=oc.host, tls=tls)
+    server = replicas = tail = None
+    tail_stop = threading.Event()
+    if shared is None:  # this process answers the robots
+        policies: PolicyStore | DirectoryPolicies = PolicyStore()
+        auth = (TokenAuth.watching(oc.tokens_file, embedded_tokens) if oc.tokens_file
+                else TokenAuth.from_plain_tokens(embedded_tokens))
+        servicer = FleetServicer(
+            persist=store.persist, on_accept=store.on_accept, known_tasks=task_ids, max_steps=max_steps,
+            params_provider=policies, embodiment=embodiment, auth=auth, seen_episode_ids=seen, **limits,
+        )
+        server = serve(servicer, port=oc.port, host=oc.host, tls=tls)
+        addresses = [f"127.0.0.1:{server.port}"]
+    else:  # N replica processes answer them; the learner publishes through and tails the shared store
+        shared.write_spec({"tasks": task_ids, "max_steps": max_steps, "with_image": bool(cfg.agent.use_image),
+                           "embodiment": embodiment.to_dict(), **limits})
+        extra_tokens = os.path.join(shared.root, "embedded_tokens")
+        for rid, tok in embedded_tokens.items():  # hashed, 0600: what the replicas check the embedded robots by
+            add_robot(extra_tokens, rid, tok)
+        tls_args = [*(["--tls-cert", oc.tls_cert, "--tls-key", oc.tls_key] if tls else []),
+                    *(["--tls-client-ca", oc.tls_client_ca] if oc.tls_client_ca else [])]
+        if oc.ingest_replicas > 0:
+            replicas = ReplicaSet(shared, int(oc.ingest_replicas), host=oc.host, tokens_file=oc.tokens_file,
+                                  extra_tokens_file=extra_tokens if embedded_tokens else "", tls_args=tls_args)
+            addresses = replicas.start()
+        else:
+            addresses = []
+        policies = DirectoryPolicies(shared)
+        tail = threading.Thread(target=StoreTail(shared, embodiment).run, args=(store.on_accept, tail_stop),
+                                name="store-tail", daemon=True)
+        tail.start()
     robot_tls = {"tls_root_ca": os.path.abspath(oc.tls_ca), "tls_target_name": oc.tls_target_name or DEFAULT_TLS_TARGET} if tls else {}
-    fleet.write_configs(f"127.0.0.1:{server.port}", robot_tls)
-    _write_address(root, oc.host, server.port, tls is not None, tls is not None and tls.client_ca is not None)
+    fleet.write_configs(",".join(addresses), robot_tls)
+    _write_address(root, oc.host, int(addresses[0].rsplit(":", 1)[1]) if addresses else 0, tls is not None,
+                   tls is not None and tls.client_ca is not None, replicas=addresses if shared else None)
 
     versions: list[int] = []
 
@@ -213,6 +250,8 @@ def run_online(
         if at % oc.publish_every < u or at >= total_steps or finishing():
             publish(st)
         _check_fleet(fleet)
+        if replicas is not None and not replicas.alive():
+            raise FleetFailed(f"every ingest replica exited; see {replicas.log_dir}/replica-*.log")
 
     def fleet_logs(at: int) -> dict[str, float]:
         eps = store.snapshot()
@@ -229,7 +268,9 @@ def run_online(
         publish(state)
         fleet.start()
         budget = "until stopped" if oc.until_stopped else f"{total_steps - step} learner updates"
-        print(f"online: learner on {oc.host}:{server.port} (tls={tls is not None}, mtls={bool(tls and tls.client_ca)}, "
+        where = (f"learner on {oc.host}:{server.port}" if server else f"{len(addresses)} ingest replicas {','.join(addresses)}"
+                 if replicas else f"tailing the replicas' store {shared.root}")
+        print(f"online: {where} (tls={tls is not None}, mtls={bool(tls and tls.client_ca)}, "
               f"tokens {'file ' + oc.tokens_file if oc.tokens_file else 'minted for the embedded robots'}); "
               f"{len(specs)} embedded bridge processes ({len(specs) - len(autonomous)} with a human attendant) at "
               f"{oc.control_hz:g} Hz; budget {oc.fleet_episodes or 'unbounded'} fleet episodes, {budget}"
@@ -238,7 +279,12 @@ def run_online(
         state = learner.run(state, phase)
     finally:
         codes = fleet.stop(timeout_s=oc.stop_timeout_s)
-        server.stop()
+        if server is not None:
+            server.stop()
+        if replicas is not None:
+            replicas.stop()
+            tail_stop.set()  # the tail reads what the replicas committed before they stopped, then ends
+            tail.join()
         store.close()
     history = list(store.history())  # the whole fleet log, from its file
     report = OnlineReport(
@@ -251,12 +297,14 @@ def run_online(
     return state, report
 
 
-def _write_address(root: str, host: str, port: int, tls: bool, mtls: bool) -> None:
-    """`<workdir>/fleet/learner.json`: where this learner listens (port 0 picks one), for tools and tests."""
+def _write_address(root: str, host: str, port: int, tls: bool, mtls: bool, replicas: list[str] | None = None) -> None:
+    """`<workdir>/fleet/learner.json`: where this learner listens (port 0 picks one), for tools and tests; with
+    ingest replicas, the first replica's port and every replica's address."""
     os.makedirs(root, exist_ok=True)
     tmp = os.path.join(root, ".learner.json.tmp")
     with open(tmp, "w") as f:
-        json.dump({"host": host, "port": port, "tls": tls, "mtls": mtls, "pid": os.getpid()}, f)
+        json.dump({"host": host, "port": port, "tls": tls, "mtls": mtls, "pid": os.getpid(),
+                   **({"replicas": replicas} if replicas else {})}, f)
     os.replace(tmp, os.path.join(root, "learner.json"))
 
 

@@ -149,6 +149,16 @@ def window_stats(outcomes: list[_Outcome]) -> tuple[float, float, float]:
             sum(wins) / len(wins) if wins else math.nan)
 
 
+class StoredElsewhere(Exception):
+    """A `persist` that finds the episode id already stored (e.g. by another ingest replica: learner/replicas.py)
+    raises this with the stored copy's content digest; the upload is then answered `duplicate` when the digests
+    agree and ALREADY_EXISTS naming both when they do not. Nothing is stored twice either way."""
+
+    def __init__(self, episode_id: str, digest: str, where: str = ""):
+        super().__init__(f"episode {episode_id} is already stored{' ' + where if where else ''} (sha256 {digest})")
+        self.episode_id, self.digest = episode_id, digest
+
+
 class _Reject(Exception):
     """Internal: abort the current call with `code`, naming `field`."""
 
@@ -328,8 +338,9 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         with self._lock:
             self._in_flight.discard(episode_id)
 
-    def _persist_then_accept(self, ep: Episode, digest: str) -> None:
-        """persist -> mark acknowledged (with the content digest) -> on_accept. Raises _Reject on failure:
+    def _persist_then_accept(self, ep: Episode, digest: str) -> bool:
+        """persist -> mark acknowledged (with the content digest) -> on_accept; returns whether the episode was
+        already stored (StoredElsewhere from persist: a duplicate, nothing accepted). Raises _Reject on failure:
         UNAVAILABLE when a retry may succeed, FAILED_PRECONDITION when the store can never take the episode."""
         with self._lock:
             if self._closing.is_set():
@@ -339,6 +350,12 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             with self._callback_lock:
                 try:
                     self._persist(ep)
+                except StoredElsewhere as e:
+                    if e.digest != digest:
+                        raise self._conflict(ep.episode_id, e.digest, digest) from e
+                    with self._lock:
+                        self._acked[ep.episode_id] = _pack_digest(digest)
+                    return True
                 except SchemaError as e:
                     # Permanent: this store can never take this episode (e.g. images into a store made without
                     # them). UNAVAILABLE here made robots retry it forever, blocking their spool behind it.
@@ -366,6 +383,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                         # replays it from disk, so report the error without un-acknowledging.
                         log.exception("on_accept failed for persisted episode %s", ep.episode_id)
                         raise _Reject(grpc.StatusCode.INTERNAL, "", f"episode persisted but not buffered: {e}") from e
+                return False
         finally:
             with self._lock:
                 self._persisting -= 1
@@ -425,12 +443,12 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                     if digest != stored:
                         raise self._conflict(episode_id, stored, digest)
                     return self._reply(episode_id, duplicate=True)
-                self._persist_then_accept(ep, digest)
+                duplicate = self._persist_then_accept(ep, digest)
             finally:
                 self._unreserve(who, nbytes)
                 if claim == "claimed":
                     self._release(episode_id)
-            return self._reply(episode_id, duplicate=False)
+            return self._reply(episode_id, duplicate=duplicate)
         except SchemaError as e:
             field = getattr(e, "field", None) or field_of(str(e)) or ""
             log.warning("rejected episode %s from robot %s: %s", episode_id or "?", robot, e)
