@@ -38,7 +38,8 @@ from lwd_jax.learner.replicas import ReplicaSet, SharedStore, StoreTail, iter_co
 from robot_bridge.client import ClientConfig, LearnerClient
 
 
-def _robot(target: str, rid: str, token: str, steps: int, rate_hz: float, seconds: float, start: Any, out: Any) -> None:
+def _robot(target: str, rid: str, token: str, steps: int, rate_hz: float, seconds: float, ready: Any, start: Any,
+           out: Any) -> None:
     """One robot: episodes at a steady rate for `seconds`; reports (id, call start, ack time, attempts) per episode."""
     rng = np.random.default_rng(abs(hash(rid)) % 2**32)
     base = synthetic_episode(steps, rng, rid)
@@ -47,6 +48,7 @@ def _robot(target: str, rid: str, token: str, steps: int, rate_hz: float, second
         cfg = ClientConfig(max_attempts=50, backoff_max_s=2.0, upload_timeout_s=30.0)
         with LearnerClient(target, rid, token, config=cfg) as client:
             client.policy_version()
+            ready.put(rid)
             start.wait()
             t0 = time.monotonic()
             i = 0
@@ -59,10 +61,11 @@ def _robot(target: str, rid: str, token: str, steps: int, rate_hz: float, second
                 i += 1
     except Exception as e:  # reported: the run fails with it
         err = repr(e)
+        ready.put(rid)
     out.put((rid, acks, err))
 
 
-def _learner(root: str, name: str, seconds: float, out: Any) -> None:
+def _learner(root: str, name: str, finish: Any, out: Any) -> None:
     """One learner host's tail: every committed episode into its own fleet buffer; reports (id, time) per delivery."""
     store = SharedStore(root)
     fleet = FleetStore(os.path.join(root, f"learner-{name}", "rlds"), chunk_len=5, n_chunks=1, gamma=0.99,
@@ -79,7 +82,7 @@ def _learner(root: str, name: str, seconds: float, out: Any) -> None:
     th = threading.Thread(target=tail.run, args=(deliver, stop, 0.1))
     th.start()
     out.put((name, "ready", None))
-    time.sleep(seconds)
+    finish.wait()  # the robots are done (the tail then reads what is left, once more, and stops)
     stop.set()
     th.join()
     out.put((name, got, {"transitions": fleet.num_transitions(), "episodes": len(fleet), "orphans": tail.orphans,
@@ -104,20 +107,22 @@ def run(robots: int = 64, replicas: int = 2, learners: int = 2, seconds: float =
     tokens = {f"robot-{i}": add_robot(tokens_file, f"robot-{i}") for i in range(robots)}
     rs = ReplicaSet(store, replicas, tokens_file=tokens_file)
     ctx = mp.get_context("spawn")
-    start, out, lout = ctx.Event(), ctx.Queue(), ctx.Queue()
+    ready, start, out, lout = ctx.Queue(), ctx.Event(), ctx.Queue(), ctx.Queue()
     try:
         addresses = rs.start()
         target = ",".join(addresses)
-        lprocs = [ctx.Process(target=_learner, args=(root, f"l{i}", seconds + 30.0, lout)) for i in range(learners)]
+        finish = ctx.Event()
+        lprocs = [ctx.Process(target=_learner, args=(root, f"l{i}", finish, lout)) for i in range(learners)]
         for p in lprocs:
             p.start()
         for _ in lprocs:
             lout.get(timeout=300)
-        procs = [ctx.Process(target=_robot, args=(target, rid, tok, steps, rate_hz, seconds, start, out))
+        procs = [ctx.Process(target=_robot, args=(target, rid, tok, steps, rate_hz, seconds, ready, start, out))
                  for rid, tok in tokens.items()]
         for p in procs:
             p.start()
-        time.sleep(5.0)  # every robot connected (each polls the version first) before the clock
+        for _ in procs:  # every robot connected (each polls the version first) before the clock
+            ready.get(timeout=600)
         t0 = time.time()
         start.set()
         killed = None
@@ -133,6 +138,8 @@ def run(robots: int = 64, replicas: int = 2, learners: int = 2, seconds: float =
                 raise RuntimeError(f"scale: robot {rid} failed: {err}")
             results[rid] = acks
         wall = time.time() - t0
+        time.sleep(2.0)  # (a tail polls every 0.1 s; its last poll after `finish` reads the rest)
+        finish.set()
         learned = {}
         for _ in lprocs:
             name, got, info = lout.get(timeout=600)
