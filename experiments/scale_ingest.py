@@ -67,6 +67,8 @@ def _robot(target: str, rid: str, token: str, steps: int, rate_hz: float, second
 
 def _learner(root: str, name: str, finish: Any, out: Any) -> None:
     """One learner host's tail: every committed episode into its own fleet buffer; reports (id, time) per delivery."""
+    import tensorflow_datasets  # noqa: F401  (a learner has it loaded; its first import, ~5 s, is not ingest lag)
+
     store = SharedStore(root)
     fleet = FleetStore(os.path.join(root, f"learner-{name}", "rlds"), chunk_len=5, n_chunks=1, gamma=0.99,
                        task_ids={BENCH_TASK: 0}, table=InstructionTable(lambda t: np.zeros((len(t), 4), np.float32), 4),
@@ -159,6 +161,10 @@ def run(robots: int = 64, replicas: int = 2, learners: int = 2, seconds: float =
             **info, "delivered": len(ids), "duplicates": len(ids) - len(set(ids)),
             "missing_acked": len(acked_ids - set(ids)),
             "ack_to_sampleable": _pct([t - ack_at[i] for i, t in got if i in ack_at]),
+            "ack_to_sampleable_by_10s": {  # when in the run the lag happens (the replica kill, the first read)
+                f"{w * 10}-{w * 10 + 10}s": _pct([t - ack_at[i] for i, t in got if i in ack_at
+                                                  and int((ack_at[i] - t0) // 10) == w])
+                for w in range(int(wall // 10) + 1)},
         }
     doc = {
         "robots": robots, "replicas": replicas, "learners": learners, "seconds": seconds, "rate_hz_per_robot": rate_hz,

@@ -96,10 +96,10 @@ def check_config(cfg: ml_collections.ConfigDict) -> list[str]:
                          f"tasks, not {foreign}; set config.online.num_robots=0 and connect your robots (make serve)")
     plan_fleet(cfg.online.num_robots, tasks, cfg.online.fleet_episodes, cfg.online.teleop_robots, cfg.seed)  # checks both
     if cfg.stage in ("online", "all") and (cfg.online_steps or cfg.online.until_stopped):
-        if jax.process_count() > 1:
-            raise ValueError(f"config.stage={cfg.stage!r}: the online stage serves the fleet from one learner process; "
-                             f"this run has {jax.process_count()} (several processes train the offline stages: "
-                             "stage=offline)")
+        if jax.process_count() > 1 and not (cfg.online.ingest_replicas > 0 or cfg.online.shared_store):
+            raise ValueError(f"config.online.ingest_replicas: this run has {jax.process_count()} learner processes; the "
+                             "online stage needs ingest replicas for them (online.ingest_replicas > 0, or "
+                             "online.shared_store with replicas run elsewhere): every process then tails their store")
         check_serving(cfg.online)  # unreadable credentials fail here, before any training (CredentialsError)
     return tasks
 

@@ -81,6 +81,20 @@ def global_batch(mesh: Mesh, local: Any, stacked: bool = False) -> Any:
     return jax.tree.map(one, local)
 
 
+def any_process(*flags: bool) -> tuple[bool, ...]:
+    """Each flag OR-ed over every process (one tiny collective; one process: the flags as they are).
+
+    Why: decisions that change which computations run next (stop on a signal, a wall-clock budget spent)
+    are taken on each host's own clock and signals; acted on alone, one host would leave a collective the
+    others still wait in. Every host calls this at the same point and all act on the same answer."""
+    if jax.process_count() == 1:
+        return tuple(bool(f) for f in flags)
+    from jax.experimental import multihost_utils
+
+    got = np.asarray(multihost_utils.process_allgather(np.asarray(flags, dtype=np.int32)))
+    return tuple(bool(x) for x in got.reshape(-1, len(flags)).any(axis=0))
+
+
 def host_local(tree: Any) -> Any:
     """A pytree of (global) arrays -> numpy on this host: fully replicated arrays (params, metrics) read from
     this host's own copy, so no process needs another's memory; a process-local array is fetched as usual."""

@@ -77,33 +77,53 @@ def test_distributed_settings_are_checked():
     assert shd.global_batch(shd.make_mesh(), batch, stacked=True) is batch
 
 
-def test_the_offline_stages_run_end_to_end_on_two_processes(smoke_dataset, tmp_path):
-    """`experiments.train` on two processes (BC pretrain, critic warm-up, offline RL): each samples its own rows,
-    both run every jitted computation, process 0 writes the run's files and the other logs under
-    logs/process-1/; the scalars both log are the same global values."""
+def test_every_stage_runs_end_to_end_on_two_processes_with_ingest_replicas(smoke_dataset, tmp_path):
+    """`experiments.train` on two processes, stage=all (BC pretrain, critic warm-up, offline RL, then online RL
+    with two ingest replicas): each samples its own rows, both run every jitted computation, process 0 writes
+    the run's files, runs the robots and the replicas and publishes the policies, the other logs under
+    logs/process-1/ and tails the replicas' store into its own buffer; the scalars both log are the same
+    global values, in every stage."""
+    import json
+
+    from lwd_jax.learner.replicas import SharedStore, iter_commits
+
     data_cfg, _ = smoke_dataset
     run, port = tmp_path / "run", str(_free_port())
     procs = [subprocess.Popen(
         [sys.executable, "-m", "experiments.train", "--config=experiments/configs/multitask.py:smoke",
-         "--config.stage=offline", f"--config.workdir={run}", f"--config.data.offline_dir={data_cfg.out_dir}",
-         f"--config.tasks={data_cfg.tasks}", "--config.critic_warmup_steps=2", "--config.eval.episodes_per_task=0"],
+         "--config.stage=all", f"--config.workdir={run}", f"--config.data.offline_dir={data_cfg.out_dir}",
+         f"--config.tasks={data_cfg.tasks}", "--config.critic_warmup_steps=2", "--config.eval.episodes_per_task=0",
+         "--config.online.ingest_replicas=2"],
         cwd=ROOT, env={**ENV, "MUJOCO_GL": "disable", "LWD_COORDINATOR": f"127.0.0.1:{port}", "LWD_NUM_PROCESSES": "2",
                        "LWD_PROCESS_ID": str(i)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for i in (0, 1)]
     _finish(procs)
-    assert sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())[-1] == 4 + 2 + 4
+    assert sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())[-1] == 4 + 2 + 4 + 4
     assert (run / "probe.json").exists() and (run / "results.json").exists() and (run / "norm_stats.json").exists()
 
     def scalars(path: Path) -> dict[int, dict]:
-        import json
-
         out: dict[int, dict] = {}
         for r in map(json.loads, path.read_text().splitlines()):
             out.setdefault(r["step"], {}).update({k: v for k, v in r.items() if k not in ("step", "time")})
         return out
 
     primary, other = scalars(run / "logs" / "metrics.jsonl"), scalars(run / "logs" / "process-1" / "metrics.jsonl")
-    trained = [(s, k) for s, rec in other.items() for k in rec if k.split("/")[0] in ("pretrain", "critic", "offline")]
-    assert {k.split("/")[0] for _, k in trained} == {"pretrain", "critic", "offline"}
+    stages = ("pretrain", "critic", "offline", "online")
+    trained = [(s, k) for s, rec in other.items() for k in rec if k.split("/")[0] in stages]
+    assert {k.split("/")[0] for _, k in trained} == set(stages)
     for step, k in trained:  # one SPMD program: both processes saw the same global losses and norms
         assert primary[step][k] == pytest.approx(other[step][k], rel=1e-6, abs=1e-7), (step, k)
+    # The fleet's episodes: committed once by the replicas, read once by process 0 (its fleet log) and at most
+    # once by process 1 (its own log: its tail's last read may come before the robots' last episodes)
+    commits = dict(iter_commits(SharedStore(run / "fleet" / "shared")))
+    assert len(commits) == 4
+
+    def logged(path: Path) -> list[str]:
+        return [json.loads(x)["episode_id"] for x in path.read_text().splitlines()]
+
+    assert sorted(logged(run / "fleet" / "rlds.episodes.jsonl")) == sorted(commits)
+    mine = logged(run / "fleet" / "process-1" / "rlds.episodes.jsonl")
+    assert len(mine) == len(set(mine)) and set(mine) <= set(commits) and len(mine) >= 2  # (2: the warm-up's)
+    assert other[4 + 2 + 4 + 4]["fleet/episodes"] >= 2  # process 1 trained on fleet data of its own reading
+    blobs = [v for v in os.listdir(run / "fleet" / "shared" / "policies") if v.endswith(".blob")]
+    assert blobs  # process 0 published (process 1 never writes there)

@@ -15,7 +15,9 @@ the update in flight; a batch is still a function of its step, so what each call
 
 Stopping: `Learner.stop` (an Event the entry points set on SIGTERM/SIGINT) ends the running phase after
 the update in flight, as if it were the phase's end: logged and checkpointed, so the same command resumes
-from there. A phase's `done()` ends it early the same way (the online stage's wall-clock budget).
+from there. A phase's `done()` ends it early the same way (the online stage's wall-clock budget). With
+several processes both are agreed after every call (`sharding.any_process`): one host's signal or clock
+ends the phase on every host at the same step, so none is left waiting in a collective.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from lwd_jax.learner.critic_probe import CriticProbe
 from lwd_jax.learner.evaluation import EvalCache
 from lwd_jax.learner.metrics_log import MetricsLogger, check_finite
 from lwd_jax.learner.prefetch import Prefetcher
-from lwd_jax.sharding import host_local
+from lwd_jax.sharding import any_process, host_local
 
 Batches = dict[str, Any]
 UpdateFn = Callable[[Any, Batches], tuple[Any, dict[str, jax.Array]]]
@@ -88,6 +90,10 @@ class Learner:
 
     @property
     def stopped(self) -> bool:
+        """A stop request on any process (agreed: with several processes a collective, so every process asks
+        at the same point of the run, as `experiments.train` does between stages)."""
+        if any_process(self.stop.is_set())[0]:
+            self.stop.set()
         return self.stop.is_set()
 
     def run(self, state: Any, phase: Phase) -> Any:
@@ -104,14 +110,19 @@ class Learner:
     def _calls(self, state: Any, phase: Phase, step: int, saved: int, ahead: Prefetcher) -> tuple[Any, int, int]:
         """The phase's calls from `step` until its end, a stop or `done()`; returns (state, step, last saved step)."""
         cfg, u = self.cfg, self.u
-        while step < phase.end and not self.stopped:
+        stopping = self.stopped
+        while step < phase.end and not stopping:
             state, metrics = phase.update(state, ahead.get(step))
             step += u
             if self.progress is not None:
                 self.progress.update(u)
             if phase.after_update is not None:
                 phase.after_update(state, step)
-            last = step >= phase.end or self.stopped or (phase.done is not None and phase.done())
+            # One decision for every process (a signal or a wall clock seen by one host ends the phase on all)
+            stopping, finished = any_process(self.stop.is_set(), phase.done is not None and phase.done())
+            if stopping:
+                self.stop.set()
+            last = step >= phase.end or stopping or finished
             if due(step, cfg.log_every, u) or last:
                 scalars = self.logger.log(step, host_local(metrics), prefix=phase.name)  # this host's copy
                 check_finite(scalars, step)

@@ -10,6 +10,14 @@
 Why the order of shutdown: the fleet is stopped first (SIGTERM: each daemon ends its episode, spools it and
 flushes its spool to the still-running learner), then the server, so the budget's last episodes land too.
 
+Several learner processes (`jax.distributed`, README "Multi-host"): only with ingest replicas (the robots talk to
+the replicas, not to a learner). Every process tails the shared store into its own fleet buffer and builds its
+own rows of every batch from it; process 0 alone runs the embedded fleet and the replicas, paces the stage by
+the fleet's episodes and publishes policies (one writer of `policies/`); the others pace by what their tail has
+read (never waiting long: process 0's pace holds every process through the collectives of the update) and
+start once process 0 has warmed up (`warm.<step>` in the store: the episode count it started with, which
+their tails reach before they begin). Stop and wall-clock decisions are agreed in `Learner` (one step for all).
+
 The same stage serves a real fleet (`experiments/serve.py`): `online.host`/`port` where robots reach it,
 `online.tokens_file` (the operator's hashed tokens, re-read when it changes, so `auth add`/`remove` act
 without a restart), `online.tls_cert`/`tls_key` (+ `tls_client_ca` for mTLS), zero or more embedded
@@ -47,8 +55,12 @@ from lwd_jax.learner.replicas import DirectoryPolicies, ReplicaSet, SharedStore,
 from lwd_jax.learner.service import FleetServicer, PolicyStore, ServerTLS, serve
 from lwd_jax.learner.task_catalog import load_catalog
 from lwd_jax.policy import encode_policy
+from lwd_jax.sharding import host_local, local_batch_size
 
 log = logging.getLogger(__name__)
+
+
+FOLLOWER_WAIT_S = 2.0  # a process other than 0 gives up waiting for its pace after this long without an episode
 
 
 class FleetFailed(RuntimeError):
@@ -128,6 +140,11 @@ def run_online(
     batch of it and of the fleet's human-driven chunks (batch["bc"]), which the base flow clones."""
     oc = cfg.online
     check_serving(oc)
+    primary = jax.process_index() == 0  # the fleet, the replicas and the policies are process 0's (module doc)
+    if jax.process_count() > 1 and not (oc.ingest_replicas > 0 or oc.shared_store):
+        raise ValueError(f"config.online.ingest_replicas: {jax.process_count()} learner processes need ingest replicas "
+                         "(ingest_replicas > 0, or shared_store with replicas run elsewhere): robots answered by one "
+                         "learner process would feed only its buffer")
     root = os.path.join(cfg.workdir, "fleet")  # fleet_log_path below names what it holds
     # Every registered wording, embedded in one batch (so the servicer's thread never has to embed one), and
     # carried in every blob (so robots need no text encoder).
@@ -146,7 +163,8 @@ def run_online(
     # ingest_replicas > 0: this learner starts them; shared_store alone: the operator runs them (README).
     shared = (SharedStore(oc.shared_store or os.path.join(root, "shared"))
               if oc.ingest_replicas > 0 or oc.shared_store else None)
-    store = FleetStore(os.path.join(root, "rlds"), chunk_len=cfg.agent.action_horizon,  # (its log: fleet_log_path)
+    own = os.path.join(root, *(() if primary else (f"process-{jax.process_index()}",)), "rlds")  # (its log)
+    store = FleetStore(own, chunk_len=cfg.agent.action_horizon,  # (process 0's log: fleet_log_path)
                        n_chunks=n_online, gamma=cfg.data.gamma, task_ids=task_ids, table=table,
                        capacity=cfg.data.online_capacity, keep="human" if hg_dagger else "all",
                        with_image=bool(cfg.agent.use_image), embodiment=embodiment, own_dataset=shared is None)
@@ -157,7 +175,7 @@ def run_online(
               f"read, by {store.rebuild_stats['mode']}), {store.num_transitions()} transitions in "
               f"{time.perf_counter() - t_rebuild:.1f} s", flush=True)
 
-    specs = plan_fleet(oc.num_robots, tasks, oc.fleet_episodes, oc.teleop_robots, cfg.seed)
+    specs = plan_fleet(oc.num_robots, tasks, oc.fleet_episodes, oc.teleop_robots, cfg.seed) if primary else []
     # An image policy needs robots that render their camera (robot.toml `render`; a GL backend for them)
     extra = {"shutdown_drain_s": 30.0, **({"render": True} if cfg.agent.use_image else {})}
     fleet = LocalFleet(root, specs, control_hz=oc.control_hz, extra_config=extra)
@@ -181,6 +199,12 @@ def run_online(
         )
         server = serve(servicer, port=oc.port, host=oc.host, tls=tls)
         addresses = [f"127.0.0.1:{server.port}"]
+    elif not primary:  # process 0 starts and configures the replicas; this process reads their store
+        addresses = []
+        policies = DirectoryPolicies(shared)
+        tail = threading.Thread(target=StoreTail(shared, embodiment).run, args=(store.on_accept, tail_stop),
+                                name="store-tail", daemon=True)
+        tail.start()
     else:  # N replica processes answer them; the learner publishes through and tails the shared store
         shared.write_spec({"tasks": task_ids, "max_steps": max_steps, "with_image": bool(cfg.agent.use_image),
                            "embodiment": embodiment.to_dict(), **limits})
@@ -201,14 +225,18 @@ def run_online(
         tail.start()
     robot_tls = {"tls_root_ca": os.path.abspath(oc.tls_ca), "tls_target_name": oc.tls_target_name or DEFAULT_TLS_TARGET} if tls else {}
     fleet.write_configs(",".join(addresses), robot_tls)
-    _write_address(root, oc.host, int(addresses[0].rsplit(":", 1)[1]) if addresses else 0, tls is not None,
-                   tls is not None and tls.client_ca is not None, replicas=addresses if shared else None)
+    if primary:
+        _write_address(root, oc.host, int(addresses[0].rsplit(":", 1)[1]) if addresses else 0, tls is not None,
+                       tls is not None and tls.client_ca is not None, replicas=addresses if shared else None)
 
     versions: list[int] = []
 
     def publish(st: Any) -> None:
         version = int(st.step)
-        params = jax.device_get(policy_params(st, kind))
+        if not primary:  # (the version is still counted: checkpoints record it on every process)
+            versions.append(version)
+            return
+        params = host_local(policy_params(st, kind))
         policies.publish(version, encode_policy(cfg.agent, params, stats, version=version, kind=kind, instructions=lang,
                                                 embodiment=embodiment))
         versions.append(version)
@@ -231,20 +259,24 @@ def run_online(
             # Same budget for every method: learner updates keep pace with fleet episodes (a fast learner does
             # not finish its updates on a fraction of the fleet's data; a slow one leaves the fleet idle).
             want = _paced_episodes(oc.fleet_episodes, at + u - start, total_steps - start)
-            _wait_for(store, fleet, lambda: len(store) >= want, f"{want} fleet episodes", oc.warmup_timeout_s, finishing)
+            _wait_for(store, fleet, lambda: len(store) >= want, f"{want} fleet episodes", wait_s, finishing, primary)
         else:  # "utd": at most utd_ratio updates per robot step the fleet has delivered
             steps = math.ceil((at + u - start) / oc.utd_ratio)
-            _wait_for(store, fleet, lambda: robot_steps(store) >= steps, f"{steps} robot steps", oc.warmup_timeout_s,
-                      finishing)
-        rng = np.random.default_rng([cfg.seed, at, 1])
-        cols = store.sample(rng, offline, cfg.batch_size * u, online_fraction(cfg, len(offline), store.num_transitions()),
+            _wait_for(store, fleet, lambda: robot_steps(store) >= steps, f"{steps} robot steps", wait_s, finishing,
+                      primary)
+        # this process's rows (all of them with one process), from its own stream
+        rng = np.random.default_rng([cfg.seed, at, 1, *([jax.process_index()] if jax.process_count() > 1 else [])])
+        rows = local_batch_size(cfg.batch_size) * u
+        cols = store.sample(rng, offline, rows, online_fraction(cfg, len(offline), store.num_transitions()),
                             cfg.data.task_balanced)
         out = batching.agent_batch(cols, stats, table)
         if expert_bc:
-            bc = batching.agent_batch(store.sample_expert(rng, expert, cfg.batch_size * u, cfg.data.task_balanced),
+            bc = batching.agent_batch(store.sample_expert(rng, expert, rows, cfg.data.task_balanced),
                                       stats, table)
             out["bc"] = {k: bc[k] for k in ("observations", "actions", "action_valid")}
         return batching.stack(out, u)
+
+    wait_s = oc.warmup_timeout_s if primary else FOLLOWER_WAIT_S
 
     def after_update(st: Any, at: int) -> None:
         if at % oc.publish_every < u or at >= total_steps or finishing():
@@ -265,6 +297,9 @@ def run_online(
                   checkpoint_meta=lambda: {"version": versions[-1], "fleet_episodes": len(store)},
                   probe=False, evaluate_every=True, eval_meta=lambda: {"fleet_episodes": len(store)}, done=over_time)
     try:
+        warm = os.path.join(shared.root, f"warm.{start}") if shared is not None else ""
+        if primary and warm and os.path.exists(warm):
+            os.remove(warm)  # (a run that ended here before: this start is a new one)
         publish(state)
         fleet.start()
         budget = "until stopped" if oc.until_stopped else f"{total_steps - step} learner updates"
@@ -275,7 +310,12 @@ def run_online(
               f"{len(specs)} embedded bridge processes ({len(specs) - len(autonomous)} with a human attendant) at "
               f"{oc.control_hz:g} Hz; budget {oc.fleet_episodes or 'unbounded'} fleet episodes, {budget}"
               + (f", at most {oc.duration_s:g} s" if oc.duration_s else ""), flush=True)
-        _wait_for_warmup(store, fleet, oc.warmup_episodes, oc.warmup_timeout_s, finishing)
+        if primary:
+            _wait_for_warmup(store, fleet, oc.warmup_episodes, oc.warmup_timeout_s, finishing)
+            if jax.process_count() > 1:
+                _write_json(warm, {"episodes": len(store)})
+        else:
+            _follow_warmup(store, warm, finishing)
         state = learner.run(state, phase)
     finally:
         codes = fleet.stop(timeout_s=oc.stop_timeout_s)
@@ -283,6 +323,7 @@ def run_online(
             server.stop()
         if replicas is not None:
             replicas.stop()
+        if tail is not None:
             tail_stop.set()  # the tail reads what the replicas committed before they stopped, then ends
             tail.join()
         store.close()
@@ -295,6 +336,27 @@ def run_online(
     print(f"online: {len(report.fleet_episodes)} fleet episodes accepted, {len(versions)} versions published, "
           f"{report.seconds / 60:.1f} min; still spooled on robots: {report.spooled_left}", flush=True)
     return state, report
+
+
+def _write_json(path: str, doc: dict) -> None:
+    """`doc` at `path`, whole or not at all (written beside it, then renamed)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f)
+    os.replace(tmp, path)
+
+
+def _follow_warmup(store: FleetStore, warm: str, interrupted: Callable[[], bool]) -> None:
+    """A process other than 0 starts when process 0 has warmed up (`warm` written) and its own tail has read as
+    many episodes as process 0 started with (committed ones: the tail reaches them within its poll period)."""
+    while not os.path.exists(warm) and not interrupted():
+        time.sleep(0.1)
+    if interrupted():
+        return
+    with open(warm) as f:
+        want = json.load(f)["episodes"]
+    while len(store) < want and not interrupted():
+        time.sleep(0.1)
 
 
 def _write_address(root: str, host: str, port: int, tls: bool, mtls: bool, replicas: list[str] | None = None) -> None:
@@ -336,10 +398,11 @@ def robot_steps(store: FleetStore) -> int:
 
 
 def _wait_for(store: FleetStore, fleet: LocalFleet, ready: Callable[[], bool], what: str, timeout_s: float,
-              interrupted: Callable[[], bool] = lambda: False) -> None:
+              interrupted: Callable[[], bool] = lambda: False, say: bool = True) -> None:
     """Blocks until `ready()`, every robot has exited, `interrupted()` (a stop request), or `timeout_s` passes
     without a new fleet episode (a stalled fleet must not hang the learner: it then trains on what it has).
-    Once the embedded fleet has finished, it returns at once (said once in the log, not at every call)."""
+    Once the embedded fleet has finished, it returns at once (said once in the log, not at every call;
+    `say=False`: never, for processes other than 0, whose give-up is routine)."""
     if fleet.all_exited():
         return
     last, t_last = len(store), time.monotonic()
@@ -352,7 +415,8 @@ def _wait_for(store: FleetStore, fleet: LocalFleet, ready: Callable[[], bool], w
                   "what the fleet delivered", flush=True)
             return
         if time.monotonic() - t_last > timeout_s:
-            print(f"online: pacing gave up waiting for {what} at {n} fleet episodes", flush=True)
+            if say:
+                print(f"online: pacing gave up waiting for {what} at {n} fleet episodes", flush=True)
             return
         time.sleep(0.1)
 
