@@ -96,8 +96,10 @@ def sampleable_latencies(accepted: list[float], built: list[tuple[float, float]]
 
 def run(variant: str = "suite", batch: int = 256, updates_per_call: int = 10, uploaders: int = 16,
         episode_steps: int = 200, upload_hz: float = 0.5, seconds: float = 60.0, depths: tuple[int, ...] = (0, 1),
-        repeats: int = 3) -> dict[str, Any]:
-    """Pure update vs the online learner's pipeline under a steady fleet upload, in one process."""
+        repeats: int = 3, short_calls: tuple[int, ...] = (2,)) -> dict[str, Any]:
+    """Pure update vs the online learner's pipeline under a steady fleet upload, in one process. `short_calls`:
+    U values (`online.updates_per_call`) also run with prefetch 1, each beside its own pure update; their
+    ratio is to the pure update at `updates_per_call` (what shorter calls cost, dispatch included)."""
     cfg = get_config(variant)
     cfg.batch_size, cfg.updates_per_call, cfg.log_every, cfg.checkpoint_every = batch, updates_per_call, 10**9, 10**9
     agent = LWDAgent(cfg.agent)
@@ -110,23 +112,29 @@ def run(variant: str = "suite", batch: int = 256, updates_per_call: int = 10, up
     example = batching.example_obs(offline.gather(np.arange(1)), table.table.shape[1])
     state = agent.init(0, example)
 
-    def build(step: int, store: FleetStore | None = None) -> dict:
-        rng = np.random.default_rng([0, step])
-        n = batch * updates_per_call
-        cols = store.sample(rng, offline, n, 0.5) if store is not None else offline.sample(rng, n)
-        return batching.stack(batching.agent_batch(cols, stats, table), updates_per_call)
+    def builder(u: int):
+        def build(step: int, store: FleetStore | None = None) -> dict:
+            rng = np.random.default_rng([0, step])
+            n = batch * u
+            cols = store.sample(rng, offline, n, 0.5) if store is not None else offline.sample(rng, n)
+            return batching.stack(batching.agent_batch(cols, stats, table), u)
+        return build
 
-    # ---- the pure update: one batch already on the device, nothing else running
-    placed = agent.place_batches(build(0))
+    build = builder(updates_per_call)
     holder = {"state": state}
 
-    def pure() -> Any:
-        holder["state"], m = agent.update(holder["state"], placed, stage="online")
-        return m
+    def pure_rate(u: int) -> float:
+        """Updates/s of the pure update: one batch already on the device, nothing else running."""
+        placed = agent.place_batches(builder(u)(0))
 
-    best = best_call_s(pure, repeats)
+        def pure() -> Any:
+            holder["state"], m = agent.update(holder["state"], placed, stage="online")
+            return m
+
+        return u / best_call_s(pure, repeats)
+
     out: dict[str, Any] = {"config": variant, "batch": batch, "updates_per_call": updates_per_call,
-                           "pure_updates_per_s": updates_per_call / best, "uploaders": uploaders,
+                           "pure_updates_per_s": pure_rate(updates_per_call), "uploaders": uploaders,
                            "episode_steps": episode_steps, "upload_hz_per_uploader": upload_hz, "seconds": seconds}
 
     # ---- the pipeline: fleet store + servicer + uploaders, the learner loop on online batches
@@ -137,6 +145,16 @@ def run(variant: str = "suite", batch: int = 256, updates_per_call: int = 10, up
                 cfg, agent, holder["state"], build, table, cut, os.path.join(root, str(depth)), depth, uploaders,
                 episode_steps, upload_hz, seconds)
             out[f"prefetch_{depth}"]["ratio_to_pure"] = out[f"prefetch_{depth}"]["updates_per_s"] / out["pure_updates_per_s"]
+        for u in short_calls:  # shorter online calls (online.updates_per_call = u), prefetch 1
+            key = f"prefetch_1_u{u}"
+            short = cfg.copy_and_resolve_references()
+            short.updates_per_call = u
+            pure_u = pure_rate(u)
+            out[key], holder["state"] = _pipeline(short, agent, holder["state"], builder(u), table, cut,
+                                                  os.path.join(root, key), 1, uploaders, episode_steps, upload_hz,
+                                                  seconds)
+            out[key].update(updates_per_call=u, pure_updates_per_s=pure_u,
+                            ratio_to_pure=out[key]["updates_per_s"] / out["pure_updates_per_s"])
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return out

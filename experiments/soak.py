@@ -11,6 +11,14 @@ what the clients were acknowledged.
 
     make soak                                      # 64 clients, 10 minutes -> results/soak.json
     python -m experiments.soak --clients 8 --minutes 1 --out /tmp/soak.json
+    python -m experiments.soak --replicas 2 --learner-procs 2 --kill-replica-at 120 --minutes 4 \
+        --out results/scale_soak.json              # issue 18's scale test (below)
+
+Scale-out (issue 18): `--replicas N` puts N ingest replicas (started by learner process 0) between the clients
+and the learner; the clients get their address list; `--learner-procs P` runs the learner as P `jax.distributed`
+processes (every one tails the replicas' store, process 0 publishes); `--kill-replica-at S` SIGKILLs the first
+replica S seconds into the run (its clients go on with the others). The store is then counted by its commit
+records, and process 0's fleet log after the restart (a fresh re-read of the store) by episode id.
 
 Figures, per minute of the run: acks/s, ack latency p50/p99 (client side, retries included), learner RSS
 (max of 5 s samples) and fleet-buffer fill; totals: episodes sent / acknowledged / stored / lost /
@@ -48,6 +56,7 @@ from experiments.configs.serve import get_config as serve_config
 from fleet_api.schema import Episode, validate_episode
 from lwd_jax.data.rlds_reader import RLDSReader
 from lwd_jax.learner.auth import add_robot
+from lwd_jax.learner.replicas import SharedStore, iter_commits
 from lwd_jax.sim.generate import generate
 from lwd_jax.sim.tasks import get_task
 from robot_bridge.client import ClientConfig, FleetError, LearnerClient
@@ -59,6 +68,7 @@ RSS_EVERY_S = 5.0
 POOL = 8  # distinct episode bodies per client thread (each upload gets a fresh id)
 REBUILT = re.compile(r"rebuilt the fleet buffer from disk: (\d+) episodes \((\d+) read, by ([a-z ]+)\), (\d+) transitions "
                      r"in ([0-9.]+) s")
+TAIL_READ = re.compile(r"read (\d+) committed episodes from the shared store \S+ \((\d+) transitions\) in ([0-9.]+) s")
 
 
 def soak_episode(task: str, steps: int, rng: np.random.Generator, robot_id: str) -> Episode:
@@ -139,6 +149,50 @@ def _rss_mb(pid: int) -> float | None:
     return None
 
 
+def _tree_rss_mb(pid: int) -> float | None:
+    """RSS of `pid` and every process below it (learner process 0 with the replicas it started)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    total, todo, any_ = 0.0, [pid], False
+    while todo:
+        p = todo.pop()
+        mb = _rss_mb(p)
+        if mb is not None:
+            total, any_ = total + mb, True
+        todo += children.get(p, [])
+    return total if any_ else None
+
+
+def _kill_replica(name: str) -> bool:
+    """SIGKILL the replica process started with `--name <name>` (found by its command line)."""
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if b"lwd_jax.learner.replicas" in argv and name.encode() in argv:
+                os.kill(int(d), signal.SIGKILL)
+                return True
+    return False
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        return sk.getsockname()[1]
+
+
 def _wait_for(path: str, proc: subprocess.Popen, timeout_s: float, log: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not os.path.exists(path):
@@ -149,17 +203,21 @@ def _wait_for(path: str, proc: subprocess.Popen, timeout_s: float, log: str) -> 
         time.sleep(0.5)
 
 
-def _stop(proc: subprocess.Popen) -> int:
-    proc.send_signal(signal.SIGTERM)
+def _stop(procs: list[subprocess.Popen]) -> list[int]:
+    """SIGTERM to every learner process (they agree on the step to stop at), then their exit codes."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
     try:
-        return proc.wait(timeout=STOP_TIMEOUT_S)
+        return [p.wait(timeout=STOP_TIMEOUT_S) for p in procs]
     except subprocess.TimeoutExpired:
-        proc.kill()
+        for p in procs:
+            p.kill()
         raise RuntimeError(f"soak: the learner did not stop within {STOP_TIMEOUT_S:.0f} s of SIGTERM") from None
 
 
 def per_minute(acks: list[dict[str, Any]], rss: list[tuple[float, float]], t0: float, t1: float,
-               episodes_to_fill: float | None) -> list[dict[str, Any]]:
+               episodes_to_fill: float | None, rss_all: list[tuple[float, float]] | None = None) -> list[dict[str, Any]]:
     """Minute-by-minute figures from the clients' ack lines and the learner's RSS samples over [t0, t1)
     (a last partial minute is a rate over its own length)."""
     rows = []
@@ -169,18 +227,21 @@ def per_minute(acks: list[dict[str, Any]], rss: list[tuple[float, float]], t0: f
         lat = np.array([a["lat"] for a in acks if lo <= a["t"] < hi])
         n_acked += len(lat)
         mem = [mb for t, mb in rss if lo <= t < hi]
+        mem_all = [mb for t, mb in rss_all or [] if lo <= t < hi]
         rows.append({
             "minute": m + 1, "acks_per_s": len(lat) / (hi - lo),
             "ack_p50_s": float(np.percentile(lat, 50)) if len(lat) else None,
             "ack_p99_s": float(np.percentile(lat, 99)) if len(lat) else None,
             "rss_mb": max(mem) if mem else None,
+            **({"rss_all_mb": max(mem_all) if mem_all else None} if rss_all is not None else {}),
             "buffer_full": bool(episodes_to_fill is not None and n_acked >= episodes_to_fill),
         })
     return rows
 
 
 def run(clients: int = 64, procs: int = 8, minutes: float = 10.0, workdir: str | None = None,
-        overrides: list[str] | None = None) -> dict[str, Any]:
+        overrides: list[str] | None = None, replicas: int = 0, learner_procs: int = 1,
+        kill_replica_at: float = 0.0) -> dict[str, Any]:
     """The whole soak; returns the figures (see the module docstring)."""
     root = workdir or tempfile.mkdtemp(prefix="lwd-soak-")
     os.makedirs(root, exist_ok=True)
@@ -198,28 +259,41 @@ def run(clients: int = 64, procs: int = 8, minutes: float = 10.0, workdir: str |
     cmd = [sys.executable, "-m", "experiments.serve", "--config=experiments/configs/serve.py:smoke",
            f"--config.workdir={run_dir}", f"--config.data.offline_dir={dc.out_dir}", f"--config.tasks={dc.tasks}",
            "--config.online.host=127.0.0.1", "--config.online.port=0", f"--config.online.tokens_file={tokens_file}",
+           *([f"--config.online.ingest_replicas={replicas}"] if replicas else []),
            *[f"--config.{o}" for o in overrides or []]]
     env = {**os.environ, "MUJOCO_GL": "disable"}
 
-    def start(log: str) -> subprocess.Popen:
+    def start(log: str) -> list[subprocess.Popen]:
+        """The learner: one process, or `learner_procs` jax.distributed processes (process i logs to log-i)."""
         if os.path.exists(addr_file):
             os.remove(addr_file)
-        with open(log, "w") as fh:
-            return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        multi = {"LWD_COORDINATOR": f"127.0.0.1:{_free_port()}", "LWD_NUM_PROCESSES": str(learner_procs)}
+        out = []
+        for i in range(learner_procs):
+            e = {**env, **multi, "LWD_PROCESS_ID": str(i)} if learner_procs > 1 else env
+            with open(log if i == 0 else log.replace(".log", f"-{i}.log"), "w") as fh:
+                out.append(subprocess.Popen(cmd, cwd=ROOT, env=e, stdout=fh, stderr=subprocess.STDOUT))
+        return out
 
     log1 = os.path.join(root, "learner.log")
-    learner = start(log1)
+    learners = start(log1)
     rss: list[tuple[float, float]] = []
+    rss_all: list[tuple[float, float]] = []  # every learner process and the replicas
     sampling = threading.Event()
+    killed_at: list[float] = []
     try:
-        _wait_for(addr_file, learner, SERVE_TIMEOUT_S, log1)
-        target = f"127.0.0.1:{json.load(open(addr_file))['port']}"
+        _wait_for(addr_file, learners[0], SERVE_TIMEOUT_S, log1)
+        served = json.load(open(addr_file))
+        target = ",".join(served["replicas"]) if served.get("replicas") else f"127.0.0.1:{served['port']}"
 
         def sample() -> None:
             while not sampling.wait(RSS_EVERY_S):
-                mb = _rss_mb(learner.pid)
+                mb = _rss_mb(learners[0].pid)
                 if mb is not None:
                     rss.append((time.time(), mb))
+                every = [_tree_rss_mb(p.pid) for p in learners]
+                if any(m is not None for m in every):
+                    rss_all.append((time.time(), sum(m for m in every if m is not None)))
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -231,67 +305,92 @@ def run(clients: int = 64, procs: int = 8, minutes: float = 10.0, workdir: str |
                    for p in range(procs)]
         for w in workers:
             w.start()
+        if replicas > 1 and kill_replica_at > 0:
+            time.sleep(max(0.0, t_start + kill_replica_at - time.time()))
+            if not _kill_replica("r0"):
+                raise RuntimeError("soak: found no replica r0 to kill")
+            killed_at.append(time.time() - t_start)
         for w in workers:
             w.join(timeout=60.0 * minutes + 600)
         crashed = [w.exitcode for w in workers if w.exitcode != 0]
-        rc1 = _stop(learner)
+        rc1 = _stop(learners)
     finally:
         sampling.set()
-        if learner.poll() is None:
-            learner.kill()
+        for p in learners:
+            if p.poll() is None:
+                p.kill()
 
     # restart on the same work dir: the fleet store is rebuilt from disk before the learner serves again
     log2 = os.path.join(root, "learner_restart.log")
     t = time.perf_counter()
-    learner = start(log2)
+    learners = start(log2)
     try:
-        _wait_for(addr_file, learner, SERVE_TIMEOUT_S, log2)
+        _wait_for(addr_file, learners[0], SERVE_TIMEOUT_S, log2)
         restart_to_serving_s = time.perf_counter() - t
     finally:
-        rc2 = _stop(learner) if learner.poll() is None else learner.returncode
-    m = REBUILT.search(open(log2).read())
+        rc2 = _stop(learners)
+    text = open(log2).read()
+    m = REBUILT.search(text)
+    tail_read = TAIL_READ.search(text)
 
     recs = [json.loads(ln) for path in logs for ln in open(path) if ln.strip()]
     sent = [r["sent"] for r in recs if "sent" in r]
     acks = [r for r in recs if "ack" in r]
     errors = [r for r in recs if "error" in r]
     died = [r for r in recs if "died" in r]
-    stored = Counter(ep.episode_id for ep in RLDSReader(os.path.join(run_dir, "fleet", "rlds")).episodes())
+    learned: Counter | None = None
+    if replicas:  # the commit records are the store's truth; process 0's fleet log is what the learner read
+        stored = Counter(eid for eid, _ in iter_commits(SharedStore(os.path.join(run_dir, "fleet", "shared"))))
+        with open(os.path.join(run_dir, "fleet", "rlds.episodes.jsonl")) as f:
+            learned = Counter(json.loads(x)["episode_id"] for x in f if x.strip())
+    else:
+        stored = Counter(ep.episode_id for ep in RLDSReader(os.path.join(run_dir, "fleet", "rlds")).episodes())
     acked = {a["ack"] for a in acks}
     mean_steps = float(np.mean([a["steps"] for a in acks])) if acks else 0.0
-    rows = per_minute(acks, rss, t_start, end_at, capacity / mean_steps if mean_steps else None)
+    rows = per_minute(acks, rss, t_start, end_at, capacity / mean_steps if mean_steps else None,
+                      rss_all if (replicas or learner_procs > 1) else None)
     rates = np.array([r["acks_per_s"] for r in rows])
     slope = float(np.polyfit(np.arange(len(rates)), rates, 1)[0]) if len(rates) > 1 else 0.0
     full_rss = [r["rss_mb"] for r in rows if r["buffer_full"] and r["rss_mb"] is not None]
     return {
         "clients": clients, "procs": procs, "minutes": minutes, "tasks": tasks, "mean_steps_per_episode": mean_steps,
+        "replicas": replicas, "learner_procs": learner_procs, "replica_killed_at_s": killed_at[0] if killed_at else None,
         "replay_capacity_transitions": capacity, "per_minute": rows,
         "acks_per_s_slope_per_minute": slope,
         "rss_growth_mb_after_buffer_full": (full_rss[-1] - full_rss[0]) if len(full_rss) > 1 else None,
         "episodes": {"sent": len(sent), "acked": len(acked), "stored": len(stored),
                      "lost": len(acked - set(stored)), "duplicated": sum(1 for c in stored.values() if c > 1),
                      "stored_unacked": len(set(stored) - acked), "client_errors": len(errors),
-                     "ack_duplicates": sum(1 for a in acks if a["dup"])},
+                     "ack_duplicates": sum(1 for a in acks if a["dup"]),
+                     **({"learned_after_restart": len(learned), "learned_twice": sum(1 for c in learned.values() if c > 1),
+                         "acked_not_learned": len(acked - set(learned))} if learned is not None else {})},
         "errors_sample": [e["what"] for e in errors[:5]],
         "learner_exit_codes": [rc1, rc2], "client_process_failures": crashed,
         "clients_died": [f"{d['died']}: {d['what']}" for d in died],
         "restart": {"rebuilt_episodes": int(m.group(1)) if m else None,
                     "episodes_read": int(m.group(2)) if m else None, "rebuild_mode": m.group(3) if m else None,
                     "rebuilt_transitions": int(m.group(4)) if m else None,
-                    "rebuild_s": float(m.group(5)) if m else None, "to_serving_s": restart_to_serving_s},
+                    "rebuild_s": float(m.group(5)) if m else None, "to_serving_s": restart_to_serving_s,
+                    **({"tail_read_episodes": int(tail_read.group(1)), "tail_read_s": float(tail_read.group(3))}
+                       if tail_read else {})},
         "workdir": root,
     }
 
 
 def markdown(res: dict[str, Any]) -> str:
     """The per-minute table and the totals, as the README and the issue note show them."""
-    lines = [f"{res['clients']} clients, {res['minutes']:g} min, {res['mean_steps_per_episode']:.0f} steps per episode",
-             "", "| minute | acks/s | ack p50 (s) | ack p99 (s) | learner RSS (MB) | replay buffer full |",
-             "|---|---|---|---|---|---|"]
+    scale = res.get("replicas") or res.get("learner_procs", 1) > 1
+    lines = [f"{res['clients']} clients, {res['minutes']:g} min, {res['mean_steps_per_episode']:.0f} steps per episode"
+             + (f"; {res['replicas']} ingest replicas, {res['learner_procs']} learner processes"
+                + (f", replica r0 SIGKILLed at {res['replica_killed_at_s']:.0f} s" if res.get('replica_killed_at_s') else "")
+                if scale else ""),
+             "", "| minute | acks/s | ack p50 (s) | ack p99 (s) | learner RSS (MB) | " + ("all processes RSS (MB) | " if scale else "")
+             + "replay buffer full |", "|---|---|---|---|---|" + ("---|" if scale else "") + "---|"]
     for r in res["per_minute"]:
         f = lambda x, d=2: "–" if x is None else f"{x:.{d}f}"  # noqa: E731
         lines.append(f"| {r['minute']} | {r['acks_per_s']:.1f} | {f(r['ack_p50_s'])} | {f(r['ack_p99_s'])} | "
-                     f"{f(r['rss_mb'], 0)} | {'yes' if r['buffer_full'] else 'no'} |")
+                     f"{f(r['rss_mb'], 0)} | " + (f"{f(r.get('rss_all_mb'), 0)} | " if scale else "")
+                     + f"{'yes' if r['buffer_full'] else 'no'} |")
     e, rs = res["episodes"], res["restart"]
     lines += ["", f"Episodes: sent {e['sent']}, acked {e['acked']}, stored {e['stored']}, lost {e['lost']}, "
               f"duplicated {e['duplicated']}, stored but unacked {e['stored_unacked']}, client errors {e['client_errors']}, "
@@ -299,6 +398,10 @@ def markdown(res: dict[str, Any]) -> str:
               f"acks/s slope {res['acks_per_s_slope_per_minute']:+.2f} per minute; RSS growth after the buffer filled "
               f"{res['rss_growth_mb_after_buffer_full']} MB; restart: rebuilt {rs['rebuilt_episodes']} episodes in "
               f"{rs['rebuild_s']} s, serving again after {rs['to_serving_s']:.1f} s; learner exits {res['learner_exit_codes']}."]
+    if "learned_after_restart" in e:
+        lines.append(f"Committed (commit records) {e['stored']}; process 0 re-read {e['learned_after_restart']} after the "
+                     f"restart ({rs.get('tail_read_episodes')} in {rs.get('tail_read_s')} s), {e['learned_twice']} twice, "
+                     f"acked but not read {e['acked_not_learned']}; acks answered `duplicate` {e['ack_duplicates']}.")
     return "\n".join(lines)
 
 
@@ -310,11 +413,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--workdir", default=None, help="keep the learner's run dir and the client logs here")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    help="a learner config override key.path=value, e.g. data.online_capacity=200000")
+    p.add_argument("--replicas", type=int, default=0, help="ingest replicas between the clients and the learner")
+    p.add_argument("--learner-procs", type=int, default=1, help="learner processes (jax.distributed; needs --replicas)")
+    p.add_argument("--kill-replica-at", type=float, default=0.0, help="SIGKILL replica r0 this many seconds in (0: never)")
     p.add_argument("--out", default="results/soak.json")
     args = p.parse_args(argv)
     if args.clients < 1 or args.procs < 1 or args.minutes <= 0:
         p.error("--clients and --procs must be >= 1 and --minutes > 0")
-    res = run(args.clients, min(args.procs, args.clients), args.minutes, args.workdir, args.overrides)
+    if args.replicas < 0 or args.learner_procs < 1 or (args.learner_procs > 1 and not args.replicas):
+        p.error("--replicas must be >= 0 and --learner-procs >= 1; several learner processes need --replicas")
+    res = run(args.clients, min(args.procs, args.clients), args.minutes, args.workdir, args.overrides,
+              args.replicas, args.learner_procs, args.kill_replica_at)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)

@@ -383,11 +383,13 @@ def markdown(doc: dict[str, Any]) -> str:
     if pipe:
         for key in sorted(k for k in pipe if k.startswith("prefetch_")):
             r = pipe[key]
-            rows.append((f"online learner under {pipe['uploaders']} uploaders, {key.replace('_', ' ')} "
-                         f"/ pure update", f"{_fmt(r['updates_per_s'])} / {_fmt(pipe['pure_updates_per_s'])} = "
-                         f"{_fmt(r['ratio_to_pure'], '.2f')}", "≥ 0.9"))
+            label = (f"prefetch {r['prefetch_batches']}, {r.get('updates_per_call', pipe['updates_per_call'])} "
+                     "updates per call")
+            rows.append((f"online learner under {pipe['uploaders']} uploaders, {label} / pure update "
+                         f"({pipe['updates_per_call']} per call)", f"{_fmt(r['updates_per_s'])} / "
+                         f"{_fmt(pipe['pure_updates_per_s'])} = {_fmt(r['ratio_to_pure'], '.2f')}", "≥ 0.9"))
             lat = r["episode_to_sampleable"]
-            rows.append((f"episode → sampleable, {key.replace('_', ' ')} (n={lat['n']})",
+            rows.append((f"episode → sampleable, {label} (n={lat['n']})",
                          f"p50 {_fmt(lat['p50_s'])} s, p99 {_fmt(lat['p99_s'])} s", "p99 ≤ 1 s"))
     pub = doc.get("publish")
     if pub:
@@ -466,7 +468,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ingest": ("ingest", lambda: bench_ingest(q)),
         "push": ("push", lambda: bench_push(4, repeats)),
         # the online learner's input pipeline under fleet traffic (experiments/bench_pipeline.py)
-        "pipeline": ("pipeline", lambda: pipeline.run("smoke", 16, 2, uploaders=4, seconds=10.0, repeats=2) if q
+        "pipeline": ("pipeline", lambda: pipeline.run("smoke", 16, 2, uploaders=4, seconds=10.0, repeats=2,
+                                                         short_calls=(1,)) if q
                      else pipeline.run("suite", 256, 10, uploaders=16, seconds=60.0, repeats=repeats)),
         # publish -> every robot loaded, 16 clients over a minute
         "publish": ("publish", lambda: bench_publish(4, 4, 1.0) if q else bench_publish(16, 30, 2.0)),

@@ -61,6 +61,10 @@ def check_config(cfg: ml_collections.ConfigDict) -> list[str]:
         if int(cfg[key]) < 0 or int(cfg[key]) % cfg.updates_per_call:
             raise ValueError(f"config.{key}: expected a non-negative multiple of updates_per_call ({cfg.updates_per_call}), got {cfg[key]}")
     oc = cfg.online
+    u_online = int(oc.updates_per_call) or cfg.updates_per_call
+    if int(oc.updates_per_call) < 0 or int(cfg.online_steps) % u_online:
+        raise ValueError(f"config.online.updates_per_call: expected >= 0 (0: updates_per_call) and dividing "
+                         f"online_steps ({cfg.online_steps}), got {oc.updates_per_call}")
     for key in ("publish_every", "log_window"):
         if int(oc[key]) < 1:
             raise ValueError(f"config.online.{key}: expected >= 1, got {oc[key]}")

@@ -102,3 +102,25 @@ def test_training_on_prefetched_placed_batches_equals_building_them_in_the_loop(
     ahead, inline = train(1, "ahead"), train(0, "inline")
     for a, b in zip(jax.tree.leaves(ahead), jax.tree.leaves(inline), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_phase_can_run_shorter_calls_than_the_learner(tmp_path):
+    """`Phase.updates_per_call` (the online stage's `online.updates_per_call`): that phase's calls take its U
+    batches and advance the step by its U, whatever the learner's U; logs and the final checkpoint land at the
+    phase's own steps."""
+    agent = LWDAgent(smoke_agent_config(), shd.make_mesh(devices=jax.devices()[:1]))
+    cfg = ml_collections.ConfigDict(dict(updates_per_call=4, log_every=1000, checkpoint_every=1000,
+                                         prefetch_batches=1, eval=dict(every=1000)))
+    ckpt = Checkpointer(str(tmp_path / "ckpt"))
+    learner = Learner(cfg, MetricsLogger(str(tmp_path / "logs"), quiet=True), ckpt, None, None,
+                      place=agent.place_batches)
+    asked: list[int] = []
+
+    def batches(step: int) -> dict:
+        asked.append(step)
+        return random_batches(step, 1, 16)
+
+    state = learner.run(agent.init(0, random_obs(np.random.default_rng(0), 2)),
+                        Phase("pretrain", 3, agent.pretrain_update, batches, probe=False, updates_per_call=1))
+    assert int(state.step) == 3 and asked == [0, 1, 2] and ckpt.latest_step() == 3
+    ckpt.close()

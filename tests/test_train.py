@@ -152,6 +152,10 @@ def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(ValueError, match="no_such_task"):
         check_config(cfg)
     cfg = get_config("smoke")
+    cfg.online.updates_per_call = 3  # does not divide online_steps (4)
+    with pytest.raises(ValueError, match="config.online.updates_per_call"):
+        check_config(cfg)
+    cfg = get_config("smoke")
     cfg.online.teleop_robots = 3  # more attended robots than robots
     with pytest.raises(ValueError, match="config.online.teleop_robots"):
         check_config(cfg)

@@ -142,6 +142,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.online.control_hz = 40.0  # simulated robots run at 2x their nominal 20 Hz, paced by the daemon
     c.online.fleet_episodes = 240  # fleet budget, split over the robots (0: until the learner is done)
     c.online.publish_every = 200  # learner updates between parameter versions (K)
+    # Updates per jitted call online (0: updates_per_call). A fleet episode enters the next batch built, a call
+    # ahead of its update: shorter calls, fresher data (make bench, pipeline), at a small cost in updates/s.
+    c.online.updates_per_call = 0
     # How the learner paces itself against the fleet: "episodes" (the update budget spread evenly over the
     # fleet-episode budget: the same for every method) | "utd" (at most utd_ratio updates per robot step
     # delivered so far: the learner trains as fast as its data allows, as SERL's actor/learner does).

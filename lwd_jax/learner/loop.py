@@ -56,6 +56,8 @@ class Phase:
     eval_meta() -> what the phase adds to each periodic evaluation's record (the fleet episodes so far: the
       x of the success-vs-fleet-episodes plot).
     done() -> True ends the phase before `end` (checked after every call).
+    updates_per_call: this phase's U when not the learner's (`config.updates_per_call`): the online stage's
+      calls can be shorter, so a fleet episode waits less for the next batch built (`online.updates_per_call`).
     """
 
     name: str
@@ -69,6 +71,7 @@ class Phase:
     evaluate_every: bool = False
     eval_meta: Callable[[], dict[str, Any]] | None = None
     done: Callable[[], bool] | None = None
+    updates_per_call: int | None = None
 
 
 def due(step: int, every: int, per_call: int) -> bool:
@@ -98,18 +101,20 @@ class Learner:
 
     def run(self, state: Any, phase: Phase) -> Any:
         """Trains from `state.step` to `phase.end` (nothing when already there, or once stopped); returns the state."""
-        u = self.u
+        u = phase.updates_per_call or self.u
         step = int(state.step)
         saved = step  # a stop between calls still leaves the newest update checkpointed
         with Prefetcher(phase.batches, step, u, phase.end, self.prefetch, self.place) as ahead:
-            state, step, saved = self._calls(state, phase, step, saved, ahead)
+            state, step, saved = self._calls(state, phase, step, saved, ahead, u)
         if saved != step:
             self._save(state, step, phase)
         return state
 
-    def _calls(self, state: Any, phase: Phase, step: int, saved: int, ahead: Prefetcher) -> tuple[Any, int, int]:
-        """The phase's calls from `step` until its end, a stop or `done()`; returns (state, step, last saved step)."""
-        cfg, u = self.cfg, self.u
+    def _calls(self, state: Any, phase: Phase, step: int, saved: int, ahead: Prefetcher,
+               u: int) -> tuple[Any, int, int]:
+        """The phase's calls (`u` updates each) from `step` until its end, a stop or `done()`; returns (state,
+        step, last saved step)."""
+        cfg = self.cfg
         stopping = self.stopped
         while step < phase.end and not stopping:
             state, metrics = phase.update(state, ahead.get(step))

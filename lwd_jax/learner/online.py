@@ -202,9 +202,7 @@ def run_online(
     elif not primary:  # process 0 starts and configures the replicas; this process reads their store
         addresses = []
         policies = DirectoryPolicies(shared)
-        tail = threading.Thread(target=StoreTail(shared, embodiment).run, args=(store.on_accept, tail_stop),
-                                name="store-tail", daemon=True)
-        tail.start()
+        tail = _start_tail(shared, embodiment, store, tail_stop)
     else:  # N replica processes answer them; the learner publishes through and tails the shared store
         shared.write_spec({"tasks": task_ids, "max_steps": max_steps, "with_image": bool(cfg.agent.use_image),
                            "embodiment": embodiment.to_dict(), **limits})
@@ -220,9 +218,7 @@ def run_online(
         else:
             addresses = []
         policies = DirectoryPolicies(shared)
-        tail = threading.Thread(target=StoreTail(shared, embodiment).run, args=(store.on_accept, tail_stop),
-                                name="store-tail", daemon=True)
-        tail.start()
+        tail = _start_tail(shared, embodiment, store, tail_stop)
     robot_tls = {"tls_root_ca": os.path.abspath(oc.tls_ca), "tls_target_name": oc.tls_target_name or DEFAULT_TLS_TARGET} if tls else {}
     fleet.write_configs(",".join(addresses), robot_tls)
     if primary:
@@ -245,7 +241,7 @@ def run_online(
     start = step
     t0 = time.time()
     autonomous = {s.robot_id for s in specs if not s.teleop}
-    u = cfg.updates_per_call
+    u = online_updates_per_call(cfg)
     stop = learner.stop
 
     def over_time() -> bool:
@@ -295,7 +291,8 @@ def run_online(
 
     phase = Phase("online", total_steps, update, batches, after_update=after_update, extra_logs=fleet_logs,
                   checkpoint_meta=lambda: {"version": versions[-1], "fleet_episodes": len(store)},
-                  probe=False, evaluate_every=True, eval_meta=lambda: {"fleet_episodes": len(store)}, done=over_time)
+                  probe=False, evaluate_every=True, eval_meta=lambda: {"fleet_episodes": len(store)}, done=over_time,
+                  updates_per_call=u)
     try:
         warm = os.path.join(shared.root, f"warm.{start}") if shared is not None else ""
         if primary and warm and os.path.exists(warm):
@@ -338,6 +335,20 @@ def run_online(
     return state, report
 
 
+def _start_tail(shared: SharedStore, embodiment: Any, store: FleetStore, stop: threading.Event) -> threading.Thread:
+    """The store's tail: what is already committed (a restart: every episode; the buffers are not on disk in
+    this mode) is read here, timed and said, then a thread follows the store until `stop`."""
+    tail = StoreTail(shared, embodiment)
+    t0 = time.perf_counter()
+    n = tail.poll(store.on_accept)
+    if n:
+        print(f"online: read {n} committed episodes from the shared store {shared.root} ({store.num_transitions()} "
+              f"transitions) in {time.perf_counter() - t0:.1f} s", flush=True)
+    th = threading.Thread(target=tail.run, args=(store.on_accept, stop), name="store-tail", daemon=True)
+    th.start()
+    return th
+
+
 def _write_json(path: str, doc: dict) -> None:
     """`doc` at `path`, whole or not at all (written beside it, then renamed)."""
     tmp = path + ".tmp"
@@ -368,6 +379,13 @@ def _write_address(root: str, host: str, port: int, tls: bool, mtls: bool, repli
         json.dump({"host": host, "port": port, "tls": tls, "mtls": mtls, "pid": os.getpid(),
                    **({"replicas": replicas} if replicas else {})}, f)
     os.replace(tmp, os.path.join(root, "learner.json"))
+
+
+def online_updates_per_call(cfg: ml_collections.ConfigDict) -> int:
+    """U of the online stage's jitted calls: `online.updates_per_call`, or `updates_per_call` when 0. Why its own:
+    a fleet episode becomes sampleable with the next batch built, one call ahead of the update that uses it, so
+    the episode -> batch latency is about 1.5-2.5 calls (`make bench`, pipeline); shorter calls, fresher data."""
+    return int(cfg.online.get("updates_per_call", 0) or cfg.updates_per_call)
 
 
 def online_fraction(cfg: ml_collections.ConfigDict, n_offline: int, n_online: int) -> float:
