@@ -330,7 +330,8 @@ def run_online(
         seconds=time.time() - t0, autonomous_robots=sorted(autonomous), robot_logs=fleet.episode_logs(),
         spooled_left=fleet.spooled(), robot_exit_codes=codes,
     )
-    print(f"online: {len(report.fleet_episodes)} fleet episodes accepted, {len(versions)} versions published, "
+    print(f"online: {len(report.fleet_episodes)} fleet episodes accepted, {len(versions)} versions published"
+          f"{'' if primary else ' (by process 0)'}, "
           f"{report.seconds / 60:.1f} min; still spooled on robots: {report.spooled_left}", flush=True)
     return state, report
 
