@@ -75,22 +75,24 @@ def _qam_loss(nets: Nets, p: Params, batch: Batch, rng: jax.Array, dcfg: divl.DI
     features are computed inside the loss so its encoder learns."""
     obs = batch["observations"]
     q_params = p["critic_target"] if nets.qam.adjoint_critic == "target" else p["critic"]
+    # The flow heads get their features already multiplied into their first layer (`encode_projected`): the
+    # K flow steps of the rollout, the adjoint and the regression then skip that product (nets/flow.py)
     feats = {
-        "base": jax.lax.stop_gradient(nets.base.apply(p["base_ref"], obs, method=EncodedNet.encode)),
+        "base": jax.lax.stop_gradient(nets.base.apply(p["base_ref"], obs, method=EncodedNet.encode_projected)),
         "critic": jax.lax.stop_gradient(nets.critic.apply(q_params, obs, method=EncodedNet.encode)),
     }
 
     def v_ref(f, x, t):
-        return nets.base.apply(p["base_ref"], f["base"], x, t, method=EncodedNet.from_features)
+        return nets.base.apply(p["base_ref"], f["base"], x, t, True, method=EncodedNet.from_features)
 
     def q_fn(f, a):
         return nets.critic.apply(q_params, f["critic"], a, method=EncodedNet.from_features)
 
     def am_loss(ap):
-        f = dict(feats, actor=nets.actor.apply(ap, obs, method=EncodedNet.encode))
+        f = dict(feats, actor=nets.actor.apply(ap, obs, method=EncodedNet.encode_projected))
 
         def fine_apply(_, f_, x, t):  # params are bound above so the encoder's gradient is kept
-            return nets.actor.apply(ap, f_["actor"], x, t, method=EncodedNet.from_features)
+            return nets.actor.apply(ap, f_["actor"], x, t, True, method=EncodedNet.from_features)
 
         return qam.adjoint_matching_loss(fine_apply, ap, v_ref, q_fn, f, rng, nets.action_shape, nets.qam)
 

@@ -83,6 +83,21 @@ def test_flow_critic_value_shapes_and_encoded_net():
     feat = jax.jit(functools.partial(flow.apply, method=EncodedNet.encode))(fp, obs)
     head = jax.jit(functools.partial(flow.apply, method=EncodedNet.from_features))
     np.testing.assert_allclose(head(fp, feat, x, t), v, rtol=1e-5, atol=1e-6)
+    # Features multiplied into the first layer once (QAM's K flow steps): the same field, and the same gradient
+    # for every param (the first kernel's feature rows included), at a nonzero x and t
+    xr = jnp.asarray(np.random.default_rng(1).normal(size=(B, H, A)), jnp.float32)
+    proj = jax.jit(functools.partial(flow.apply, method=EncodedNet.encode_projected))(fp, obs)
+    assert proj.shape == (B, 32)
+    head_p = jax.jit(functools.partial(flow.apply, method=EncodedNet.from_features, projected=True))
+    np.testing.assert_allclose(head_p(fp, proj, xr, t), flow.apply(fp, obs, xr, t), rtol=1e-5, atol=1e-5)
+
+    def through(p, projected):
+        f = flow.apply(p, obs, method=EncodedNet.encode_projected if projected else EncodedNet.encode)
+        return (flow.apply(p, f, xr, t, projected, method=EncodedNet.from_features) ** 2).sum()
+
+    g1, g0 = jax.grad(through)(fp, True), jax.grad(through)(fp, False)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="x expected"):
         VelocityField(H, A).init(jax.random.PRNGKey(0), feat, jnp.zeros((B, H + 1, A)), t)
 

@@ -118,3 +118,8 @@ class EncodedNet(nn.Module):
     def from_features(self, obs_feat: jax.Array, *args, **kwargs):
         """The head on precomputed features (same params as __call__)."""
         return self.head(obs_feat, *args, **kwargs)
+
+    def encode_projected(self, obs) -> jax.Array:
+        """obs dict -> the head's first-layer share of the features (a flow head's `project`), for
+        `from_features(..., projected=True)` over many flow steps."""
+        return self.head.project(self.encoder(obs))

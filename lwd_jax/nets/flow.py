@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lwd_jax.nets.mlp import MLP
+from lwd_jax.nets.mlp import MLP, leading_product
 
 
 def time_embedding(t: jax.Array, dim: int, max_freq: float) -> jax.Array:
@@ -48,20 +48,31 @@ class VelocityField(nn.Module):
     final_init_scale: float = 1.0
 
     @nn.compact
-    def __call__(self, obs_feat: jax.Array, x: jax.Array, t: jax.Array) -> jax.Array:
+    def __call__(self, obs_feat: jax.Array, x: jax.Array, t: jax.Array, projected: bool = False) -> jax.Array:
+        """`projected=True`: `obs_feat` is `project(obs_feat)` (see there), not the features themselves."""
         b = x.shape[0]
         if x.shape[1:] != (self.action_horizon, self.action_dim):
             raise ValueError(
                 f"VelocityField: x expected [B, {self.action_horizon}, {self.action_dim}], got {list(x.shape)}"
             )
         temb = time_embedding(jnp.broadcast_to(t, (b,)), self.time_embed_dim, self.time_max_freq)
-        h = jnp.concatenate([obs_feat, x.reshape(b, -1), temb], axis=-1)
-        out = MLP(
+        rest = jnp.concatenate([x.reshape(b, -1), temb], axis=-1)
+        mlp = MLP(
             self.hidden_dims,
             self.action_horizon * self.action_dim,
             self.activation,
             self.layer_norm,
             final_init_scale=self.final_init_scale,
             name="mlp",
-        )(h)
+        )
+        out = mlp(rest, first_pre=obs_feat) if projected else mlp(jnp.concatenate([obs_feat, rest], axis=-1))
         return out.reshape(b, self.action_horizon, self.action_dim)
+
+    def project(self, obs_feat: jax.Array) -> jax.Array:
+        """obs_feat [B, D] -> [B, hidden_dims[0]]: its share of the first layer, for `projected=True` calls.
+
+        Why: QAM evaluates the field at K flow steps (forward, and again in the adjoint's VJPs and the
+        regression) on one observation; its features are most of the first layer's input (256 of 314 at
+        the suite's size), so multiplying them once per state rather than per step saves that share of the
+        first layer's work K-fold, with the same params and the same function (up to float rounding)."""
+        return leading_product(self.variables["params"]["mlp"], obs_feat)

@@ -47,10 +47,18 @@ class MLP(nn.Module):
     final_init_scale: float = 1.0
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, first_pre: jax.Array | None = None) -> jax.Array:
+        """`first_pre`: the first layer's product with the input's leading features, computed by the caller
+        (`leading_product`); `x` is then only the trailing features. Same params, same function: a caller that
+        evaluates the net many times on one set of leading features (a flow's K steps on one observation)
+        multiplies them by their slice of the first kernel once instead of K times."""
         act = get_activation(self.activation)
         for i, width in enumerate(self.hidden_dims):
-            x = nn.Dense(width, name=f"dense_{i}")(x)
+            if i == 0 and first_pre is not None:
+                p = self.variables["params"]["dense_0"]  # (created by the plain call at init)
+                x = first_pre + x @ p["kernel"][p["kernel"].shape[0] - x.shape[-1]:] + p["bias"]
+            else:
+                x = nn.Dense(width, name=f"dense_{i}")(x)
             if self.layer_norm:
                 x = nn.LayerNorm(name=f"ln_{i}")(x)
             x = act(x)
@@ -65,3 +73,8 @@ class MLP(nn.Module):
                     x = nn.LayerNorm(name="ln_out")(x)
                 x = act(x)
         return x
+
+
+def leading_product(mlp_params: dict, lead: jax.Array) -> jax.Array:
+    """lead [..., D] @ the first kernel's first D rows: `MLP(first_pre=...)`'s precomputed part (no bias)."""
+    return lead @ mlp_params["dense_0"]["kernel"][: lead.shape[-1]]
