@@ -475,7 +475,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "publish": ("publish", lambda: bench_publish(4, 4, 1.0) if q else bench_publish(16, 30, 2.0)),
         "store": ("store", lambda: bench_store(200 if q else 6000, 50 if q else 500, durable=False)),
         # the public QAM reference's update beside ours (experiments/bench_qam_ref.py)
-        "qam_ref": ("qam_ref", lambda: qam_ref.run(args.qam_ref, qam_venv, calls=2 if q else 5, repeats=repeats)),
+        "qam_ref": ("qam_ref", lambda: qam_ref.run(args.qam_ref, qam_venv, calls=2 if q else 5, repeats=repeats,
+                                                    rounds=1 if q else 2)),
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     for part in PARTS:

@@ -72,7 +72,7 @@ class WriteStats:
         return self.steps / self.seconds if self.seconds > 0 else float("nan")
 
 
-def _fsync_path(path: str, directory: bool = False) -> None:
+def fsync_path(path: str, directory: bool = False) -> None:
     """fsync a file or directory by path (a rename is durable only once its directory is synced)."""
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
     try:
@@ -90,7 +90,7 @@ def _atomic_write_bytes(path: str, data: bytes, durable: bool) -> None:
             os.fsync(f.fileno())
     os.replace(tmp, path)
     if durable:
-        _fsync_path(os.path.dirname(path), directory=True)
+        fsync_path(os.path.dirname(path), directory=True)
 
 
 class RLDSWriter:
@@ -296,10 +296,10 @@ class RLDSWriter:
                 for record in records:
                     writer.write(record)
             if self.durable:
-                _fsync_path(tmp)
+                fsync_path(tmp)
             os.replace(tmp, path)
             if self.durable:
-                _fsync_path(self.data_dir, directory=True)
+                fsync_path(self.data_dir, directory=True)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(tmp)

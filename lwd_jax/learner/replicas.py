@@ -54,7 +54,7 @@ from fleet_api.embodiment import UR5E, Embodiment
 from fleet_api.schema import Episode
 from fleet_api.wire import PARAMS_FORMAT_MSGPACK, PolicyBlob, episode_digest
 from lwd_jax.data.rlds_reader import RLDSReader
-from lwd_jax.data.rlds_writer import MANIFEST_NAME, RLDSWriter
+from lwd_jax.data.rlds_writer import MANIFEST_NAME, RLDSWriter, fsync_path
 from lwd_jax.learner.auth import TokenAuth, load_token_hashes
 from lwd_jax.learner.service import FleetServicer, ServerTLS, StoredElsewhere, serve
 
@@ -74,14 +74,6 @@ class Commit:
     replica: str
     shard: int
     digest: str
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def check_name(name: str, what: str) -> str:
@@ -136,7 +128,7 @@ class SharedStore:
             os.unlink(tmp)
         if won:
             if self.durable:
-                _fsync_dir(os.path.dirname(final))
+                fsync_path(os.path.dirname(final), directory=True)
             return commit
         stood = self.read_commit(episode_id)
         if stood is None:  # (a record is never removed; a vanished one is a damaged store)
@@ -223,7 +215,7 @@ class DirectoryPolicies:
                 os.fsync(f.fileno())
         os.replace(tmp, os.path.join(self.dir, name))
         if self.durable:
-            _fsync_dir(self.dir)
+            fsync_path(self.dir, directory=True)
 
     def __call__(self) -> PolicyBlob | None:
         current = os.path.join(self.dir, CURRENT_NAME)
