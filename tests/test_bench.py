@@ -67,3 +67,19 @@ def test_episode_to_sampleable_counts_to_the_first_update_whose_batch_was_built_
     built = [(0.0, 0.5), (0.5, 1.0), (1.0, 1.5)]  # (build start, update start) per call
     lat = sampleable_latencies([0.0, 0.2, 0.5, 0.9, 1.2], built)
     np.testing.assert_allclose(lat, [0.5, 0.8, 0.5, 0.6])  # 0.0 -> call 0; 0.2, 0.5 -> call 1; 0.9 -> call 2
+
+
+def test_memory_bomb_attacks_are_refused_before_the_learner_buffers_them(tmp_path):
+    """The memory-bomb experiment at small sizes: a declared-huge header is refused with nothing read, a robot
+    over its stream limit is RESOURCE_EXHAUSTED, and a good episode still lands afterwards (it would fail if the
+    header bound or the per-robot stream limit went, or if an attack left the servicer unusable)."""
+    from experiments.memory_bomb import markdown, run
+
+    res = run(str(tmp_path), attacks=("declared_huge", "held_open"), attack_bytes=64 << 20, hold_s=1.0)
+    rows = {(r["attack"], r["streams"]): r for r in res["attacks"]}
+    assert rows[("declared_huge", 1)]["codes"] == ["INVALID_ARGUMENT"]
+    assert rows[("declared_huge", 4)]["codes"] == ["INVALID_ARGUMENT"] * 4
+    held = rows[("held_open", 8)]["codes"]
+    assert held.count("RESOURCE_EXHAUSTED") == 8 - res["max_streams_per_robot"]
+    assert res["good_episode_after"] == {"acked": True, "episodes_stored": 1}
+    assert "declared_huge" in markdown(res)
