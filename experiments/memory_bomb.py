@@ -133,6 +133,12 @@ def _attacker(target: str, attack: str, streams: int, out: Any, attack_bytes: in
     out.put(sorted(codes))
 
 
+def _sample_peak(stop: threading.Event, peak: list[float]) -> None:
+    """peak[0] = the largest RSS seen every SAMPLE_S until `stop` (a thread beside the attack)."""
+    while not stop.wait(SAMPLE_S):
+        peak[0] = max(peak[0], _rss_mb())
+
+
 def offered_mb(attack: str, attack_bytes: int) -> float:
     """What one stream of `attack` declares or sends, MB (the learner must hold none of it)."""
     if attack == "undeclared_image":
@@ -169,11 +175,7 @@ def run(root: str | None = None, attacks: tuple[str, ...] = ATTACKS, attack_byte
                 peak = [base]
                 stop = threading.Event()
 
-                def sample() -> None:
-                    while not stop.wait(SAMPLE_S):
-                        peak[0] = max(peak[0], _rss_mb())
-
-                sampler = threading.Thread(target=sample, daemon=True)
+                sampler = threading.Thread(target=_sample_peak, args=(stop, peak), daemon=True)
                 sampler.start()
                 out = ctx.Queue()
                 t0 = time.perf_counter()
