@@ -127,3 +127,54 @@ def test_a_log_that_disagrees_with_the_dataset_is_replaced_by_the_full_replay(tm
     assert store.rebuild_stats["mode"] == "full replay" and list(seen) == [ep.episode_id for ep in eps]
     assert [e.shard for e in store.history()] == list(range(6))  # rewritten from the dataset
     store.close()
+
+
+def test_dedupe_index_keeps_ram_bounded_answers_old_ids_and_is_checked_at_restart(tmp_path):
+    """The servicer's dedupe table (issue 16: it held every acknowledged id in RAM, ~190 B each, for ever) keeps
+    only a window in RAM, yet an id far outside the window is still a duplicate with its content and
+    ALREADY_EXISTS with other content, over real gRPC; a restart keeps an index that agrees with the store and
+    refills one that lost its last inserts (a crash: the index is written without fsync)."""
+    import dataclasses
+    import sqlite3
+
+    import grpc
+
+    from fleet_api.wire import episode_digest
+    from lwd_jax.learner.service import FleetServicer, serve
+    from robot_bridge.client import ClientConfig, EpisodeRejected, LearnerClient
+
+    eps = _episodes(20)
+    kw = dict(_kw(capacity=100), acked_window=4)
+    root = str(tmp_path / "rlds")
+    store = FleetStore(root, **kw)
+    index = store.rebuild()
+    servicer = FleetServicer(persist=store.persist, on_accept=store.on_accept, known_tasks={TASK: 0},
+                             max_steps=100, seen_episode_ids=index)
+    server = serve(servicer, host="127.0.0.1")
+    try:
+        with LearnerClient(f"127.0.0.1:{server.port}", eps[0].robot_id, None,
+                           config=ClientConfig(max_attempts=1, upload_timeout_s=10.0)) as client:
+            for ep in eps:
+                assert not client.upload_episode(ep).duplicate
+            assert index.ram_entries() == 4 and len(index) == 20  # RAM holds the window; the file holds all
+            assert client.upload_episode(eps[0]).duplicate  # 16 ids older than the window
+            other = dataclasses.replace(eps[0], reward=eps[0].reward + 1.0)
+            with pytest.raises(EpisodeRejected) as e:
+                client.upload_episode(other)
+            assert e.value.code == grpc.StatusCode.ALREADY_EXISTS
+            assert episode_digest(eps[0]) in str(e.value) and episode_digest(other) in str(e.value)
+    finally:
+        server.stop(0)
+        store.close()
+    assert store.writer.num_episodes == 20
+    expected = {ep.episode_id: episode_digest(ep) for ep in eps}
+
+    again, seen = _restart(str(tmp_path), **kw)
+    assert again.rebuild_stats["acked_index"] == "kept" and dict(seen.items()) == expected
+    assert list(seen) == [ep.episode_id for ep in eps] and seen.ram_entries() == 0
+    again.close()
+    with sqlite3.connect(again.acked_path) as db:  # a crash lost the index's last two inserts
+        db.execute("DELETE FROM acked WHERE n >= 18")
+    third, seen = _restart(str(tmp_path), **kw)
+    assert third.rebuild_stats["acked_index"] == "refilled" and dict(seen.items()) == expected
+    third.close()

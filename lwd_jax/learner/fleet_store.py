@@ -38,6 +38,7 @@ from lwd_jax.data.replay import Batch, TransitionBuffer, mixed_batch
 from lwd_jax.data.rlds_reader import RLDSReader
 from lwd_jax.data.rlds_writer import RLDSWriter
 from lwd_jax.data.transitions import chunk_transitions
+from lwd_jax.learner.acked import DEFAULT_WINDOW, AckedIndex
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +100,7 @@ class FleetStore:
         with_image: bool = False,
         embodiment: Embodiment = UR5E,
         own_dataset: bool = True,
+        acked_window: int = DEFAULT_WINDOW,
     ):
         # own_dataset=False: the episodes are stored by ingest replicas (learner/replicas.py) and reach
         # on_accept from a StoreTail; this store then keeps only the buffers and the fleet log (at rlds_dir's
@@ -125,6 +127,11 @@ class FleetStore:
         self._count = 0
         self._robot_steps = 0
         self.log_path = rlds_dir.rstrip("/") + ".episodes.jsonl"
+        # the servicer's dedupe index (id -> digest of every stored episode): derived from the dataset and its
+        # log, checked and refilled by rebuild(); the newest `acked_window` ids in RAM, the rest in this file
+        self.acked_path = rlds_dir.rstrip("/") + ".acked.sqlite"
+        self._acked_window = acked_window
+        self._acked: AckedIndex | None = None
         self._log: Any = None  # opened by rebuild() (kept, or rewritten), else at the first accept (rewritten)
         self._shard_of: dict[str, int] = {}  # episode id -> its shard, from persist to on_accept
         self._lock = threading.Lock()
@@ -184,9 +191,10 @@ class FleetStore:
 
     # ---------------------------------------------------------------- restart
 
-    def rebuild(self) -> dict[str, str]:
-        """Restores the buffers and the fleet log from disk; returns {episode id: content digest} of what is
-        stored (the servicer's dedupe table: a re-upload of an id with other content is refused).
+    def rebuild(self) -> AckedIndex:
+        """Restores the buffers and the fleet log from disk; returns the index {episode id: content digest} of
+        what is stored (the servicer's dedupe table: a re-upload of an id with other content is refused), in
+        bounded RAM (`AckedIndex`: the newest ids in RAM, every id in a file the servicer keeps adding to).
 
         Why not always replay everything: that read and cut every episode ever stored (83 s for 48k episodes
         in the soak), though the buffers can hold only the newest `capacity` transitions. The fleet log
@@ -203,7 +211,7 @@ class FleetStore:
             os.makedirs(os.path.dirname(os.path.abspath(self.log_path)), exist_ok=True)
             self._log = open(self.log_path, "w")
             self.rebuild_stats = {"mode": "tail", "episodes": 0, "episodes_read": 0, "seconds": 0.0}
-            return {}
+            return AckedIndex(window=None)
         n = self.writer.num_episodes
         records, valid_bytes = self._logged_records(n)
         if records is None:  # the full replay: every episode (if any), a fresh log
@@ -212,7 +220,7 @@ class FleetStore:
                 self.on_accept(ep, shard=shard if self.writer.num_shards == n else -1)
             self.rebuild_stats = {"mode": "full replay", "episodes": n, "episodes_read": n,
                                   "seconds": time.perf_counter() - t0}
-            return {e.episode_id: e.digest for e in self.history()}
+            return self._acked_index(lambda: ((e.episode_id, e.digest) for e in self.history()), n, None, None)
         kept = len(records)
         with open(self.log_path, "r+") as f:  # cut a torn tail line (and anything after the agreeing prefix)
             f.truncate(valid_bytes)
@@ -246,7 +254,24 @@ class FleetStore:
                 self._record(rec, write=False)
         self.rebuild_stats = {"mode": "log", "episodes": n, "episodes_read": len(needed) + len(late),
                               "late_episodes": len(late), "seconds": time.perf_counter() - t0}
-        return {r.episode_id: r.digest for r in records}
+        return self._acked_index(lambda: ((r.episode_id, r.digest) for r in records), n, records[0], records[-1])
+
+    def _acked_index(self, pairs: Any, n: int, first: FleetEpisode | None, last: FleetEpisode | None) -> AckedIndex:
+        """The dedupe index, refilled from `pairs()` unless it already agrees with the store: as many ids as
+        stored episodes, and the first and last of them with their digests (the cheap checks that catch an
+        index that lost its last inserts in a crash, or belongs to another dataset). `first=None`: always refill."""
+        t0 = time.perf_counter()
+        if self._acked is not None:
+            self._acked.close()
+        index = self._acked = AckedIndex(self.acked_path, window=self._acked_window)
+        agrees = (first is not None and last is not None and len(index) == n
+                  and index.lookup(first.episode_id) == (True, first.digest)
+                  and index.lookup(last.episode_id) == (True, last.digest))
+        if not agrees:
+            index.clear()
+            index.update(pairs())
+        self.rebuild_stats.update(acked_index="kept" if agrees else "refilled", acked_seconds=time.perf_counter() - t0)
+        return index
 
     def _logged_records(self, n: int) -> tuple[list[FleetEpisode] | None, int]:
         """(the fleet log's records that agree with the dataset: record i = shard i = the i-th accepted episode,
@@ -280,6 +305,8 @@ class FleetStore:
         with self._lock:
             if self._log is not None:
                 self._log.close()
+            if self._acked is not None:
+                self._acked.close()
         if self.writer is not None:
             self.writer.close()
 

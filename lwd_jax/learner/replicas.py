@@ -55,6 +55,7 @@ from fleet_api.schema import Episode
 from fleet_api.wire import PARAMS_FORMAT_MSGPACK, PolicyBlob, episode_digest
 from lwd_jax.data.rlds_reader import RLDSReader
 from lwd_jax.data.rlds_writer import MANIFEST_NAME, RLDSWriter, fsync_path
+from lwd_jax.learner.acked import DEFAULT_WINDOW, AckedIndex
 from lwd_jax.learner.auth import TokenAuth, load_token_hashes
 from lwd_jax.learner.service import FleetServicer, ServerTLS, StoredElsewhere, serve
 
@@ -417,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     servicer = FleetServicer(
         persist=replica.persist, known_tasks=tasks, max_steps=int(spec["max_steps"]),
         params_provider=DirectoryPolicies(store), auth=auth, embodiment=embodiment,
+        seen_episode_ids=AckedIndex(window=DEFAULT_WINDOW),  # bounded RAM: the commit records know every id
         **{k: spec[k] for k in ("max_inflight_bytes", "max_streams_per_robot", "max_abs_reward") if k in spec},
     )
     tls = ServerTLS.from_files(args.tls_cert, args.tls_key, args.tls_client_ca or None) if args.tls_cert else None

@@ -9,7 +9,8 @@ every upload at the edge, exactly-once bookkeeping and the acknowledgement order
 An episode is acknowledged only once it is durably persisted, so a robot deletes its spooled copy only
 when the learner can replay it after a crash. Episode ids are idempotency keys: a re-upload of an
 acknowledged id (the ack was lost, the robot retried) is acknowledged with `duplicate=True` and not stored
-again; seed `seen_episode_ids` with the ids already on disk so this also holds across learner restarts.
+again; seed `seen_episode_ids` with the ids already on disk so this also holds across learner restarts
+(`FleetStore.rebuild` hands back an `AckedIndex`: the newest ids in RAM, all of them in a file beside the store).
 A persist failure answers UNAVAILABLE (the robot retries later) and leaves no trace in the dedupe set.
 
 Threading: gRPC runs handlers on a thread pool. `persist` and `on_accept` are serialized behind one lock by
@@ -54,6 +55,7 @@ from fleet_api.wire import (
     fleet_status_to_dict,
     params_to_messages,
 )
+from lwd_jax.learner.acked import AckedIndex
 from lwd_jax.learner.auth import AuthError, TokenAuth
 
 log = logging.getLogger(__name__)
@@ -167,15 +169,6 @@ class _Reject(Exception):
         self.code, self.field = code, field
 
 
-def _pack_digest(digest: str | None) -> bytes | None:
-    """sha256 hex -> its 32 bytes (what the dedupe table keeps)."""
-    return None if digest is None else bytes.fromhex(digest)
-
-
-def _unpack_digest(packed: bytes | None) -> str | None:
-    return None if packed is None else packed.hex()
-
-
 class FleetServicer(fleet_pb2_grpc.FleetServicer):
     """Implements lwd.fleet.v1.Fleet over learner-supplied callbacks (see the module docstring)."""
 
@@ -188,7 +181,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         max_steps: int | None = None,
         params_provider: ParamsProvider | None = None,
         auth: TokenAuth | None = None,
-        seen_episode_ids: Iterable[str] | Mapping[str, str | None] | Callable[[], Any] = (),
+        seen_episode_ids: AckedIndex | Iterable[str] | Mapping[str, str | None] | Callable[[], Any] = (),
         max_episode_bytes: int = DEFAULT_MAX_EPISODE_BYTES,
         max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT_BYTES,
         max_streams_per_robot: int = DEFAULT_MAX_STREAMS_PER_ROBOT,
@@ -221,10 +214,13 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         )
         self._lock = threading.Condition()
         seen = seen_episode_ids() if callable(seen_episode_ids) else seen_episode_ids
-        # episode id -> content digest, as 32 raw bytes (None: stored before digests, or handed in as bare ids).
-        # Raw bytes, not hex text: this table holds every id ever acknowledged (~80 B less per entry).
-        self._acked: dict[str, bytes | None] = (
-            {k: _pack_digest(v) for k, v in seen.items()} if isinstance(seen, Mapping) else dict.fromkeys(seen))
+        # episode id -> content digest (None: stored before digests, or handed in as bare ids). An AckedIndex
+        # from the store keeps RAM bounded; anything else is copied into an all-in-RAM one (tests, small runs).
+        if isinstance(seen, AckedIndex):
+            self._acked = seen
+        else:
+            self._acked = AckedIndex(window=None)
+            self._acked.update(seen.items() if isinstance(seen, Mapping) else ((k, None) for k in seen))
         self._in_flight: set[str] = set()
         self._max_inflight_bytes = max_inflight_bytes
         self._max_streams_per_robot = max_streams_per_robot
@@ -248,7 +244,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
 
     def acked_ids(self) -> frozenset[str]:
         with self._lock:
-            return frozenset(self._acked)
+            return frozenset(self._acked)  # (reads the whole index: tests and tools)
 
     def _reserve(self, robot: str, nbytes: int) -> None:
         """Takes `nbytes` of the in-flight budget and one of `robot`'s stream slots, or raises RESOURCE_EXHAUSTED."""
@@ -354,7 +350,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                     if e.digest != digest:
                         raise self._conflict(ep.episode_id, e.digest, digest) from e
                     with self._lock:
-                        self._acked[ep.episode_id] = _pack_digest(digest)
+                        self._acked.add(ep.episode_id, digest)
                     return True
                 except SchemaError as e:
                     # Permanent: this store can never take this episode (e.g. images into a store made without
@@ -367,7 +363,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                     raise _Reject(grpc.StatusCode.UNAVAILABLE, "", f"learner could not persist episode: {e}") from e
                 outcome = _Outcome(bool(ep.success), int(ep.num_steps), int(ep.intervention.sum()))
                 with self._lock:
-                    self._acked[ep.episode_id] = _pack_digest(digest)
+                    self._acked.add(ep.episode_id, digest)
                     self._episodes_accepted += 1
                     robot = self._robots.setdefault(ep.robot_id, _RobotRecord())
                     robot.episodes_accepted += 1
@@ -408,7 +404,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             claim = self._claim(episode_id)
             if claim == "acked":
                 with self._lock:
-                    stored = _unpack_digest(self._acked.get(episode_id))
+                    stored = self._acked.lookup(episode_id)[1]
                 declared = header.content_sha256
                 if declared and stored and declared != stored:
                     raise self._conflict(episode_id, stored, declared)
