@@ -1,0 +1,113 @@
+"""Learner RSS per episode of the ingest path alone (issue 16: the soak's RSS grew ~1.9 KB per episode).
+
+Why: the soak runs ingest and training in one process, so its growth cannot say which side holds the bytes.
+This runs only the learner's ingest path — the real FleetServicer over gRPC on loopback in front of a durable
+FleetStore (fsync before every ack, a small replay buffer that is full within seconds) — against uploader
+threads in a separate process, and reports the learner's RSS growth per accepted episode after the first third
+of the run (past start-up and the buffer filling). `--dedupe dict` seeds the servicer with a plain mapping,
+the all-in-RAM table of before the bounded index, for the before/after.
+
+    python -m experiments.ingest_memory --dedupe index --seconds 300   # -> JSON lines, the last one the figure
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing as mp
+import os
+import tempfile
+import threading
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+
+from experiments.bench_ingest import BENCH_TASK, synthetic_episode
+
+STEPS = 100
+EPISODES_PER_THREAD = 8  # distinct contents each uploader cycles through (fresh ids every time)
+
+
+def _uploaders(target: str, seconds: float, threads: int) -> None:
+    """One process of `threads` robots uploading back to back until `seconds` have passed."""
+    from robot_bridge.client import LearnerClient
+
+    end = time.time() + seconds
+
+    def one(i: int) -> None:
+        rng = np.random.default_rng(i)
+        eps = [synthetic_episode(STEPS, rng, f"robot-{i}") for _ in range(EPISODES_PER_THREAD)]
+        with LearnerClient(target, f"robot-{i}", None) as client:
+            k = 0
+            while time.time() < end:
+                client.upload_episode(dataclasses.replace(eps[k % len(eps)], episode_id=uuid.uuid4().hex))
+                k += 1
+
+    pool = [threading.Thread(target=one, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for ln in f:
+            if ln.startswith("VmRSS:"):
+                return int(ln.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def run(dedupe: str = "index", seconds: float = 300.0, threads: int = 16, window: int = 2000,
+        capacity: int = 20_000, every_s: float = 10.0) -> dict[str, Any]:
+    """Returns the samples (seconds, episodes accepted, RSS MB) and the growth per episode after a third."""
+    from lwd_jax.data.batching import InstructionTable
+    from lwd_jax.learner.fleet_store import FleetStore
+    from lwd_jax.learner.service import FleetServicer, serve
+
+    if dedupe not in ("index", "dict"):
+        raise ValueError(f"--dedupe: expected 'index' or 'dict', got {dedupe!r}")
+    root = tempfile.mkdtemp(prefix="lwd-ingest-memory-")
+    table = InstructionTable(lambda texts: np.zeros((len(texts), 4), np.float32), 4)
+    store = FleetStore(os.path.join(root, "rlds"), chunk_len=5, n_chunks=1, gamma=0.99, task_ids={BENCH_TASK: 0},
+                       table=table, capacity=capacity, durable=True, acked_window=window)
+    index = store.rebuild()
+    servicer = FleetServicer(persist=store.persist, on_accept=store.on_accept, known_tasks={BENCH_TASK: 0},
+                             max_steps=STEPS, seen_episode_ids=index if dedupe == "index" else dict(index.items()))
+    server = serve(servicer, host="127.0.0.1")
+    proc = mp.get_context("spawn").Process(target=_uploaders, args=(f"127.0.0.1:{server.port}", seconds, threads))
+    proc.start()
+    samples: list[tuple[float, int, float]] = []
+    t0 = time.perf_counter()
+    try:
+        while proc.is_alive():
+            samples.append((time.perf_counter() - t0, servicer.fleet_status()["episodes_accepted"], _rss_mb()))
+            print(json.dumps(samples[-1]), flush=True)
+            proc.join(every_s)
+    finally:
+        server.stop(0)
+        store.close()
+    later = [s for s in samples if s[0] >= seconds / 3]
+    a, b = later[0], later[-1]
+    return {"dedupe": dedupe, "window": window, "seconds": seconds, "threads": threads, "steps": STEPS,
+            "episodes": b[1], "rss_mb_from": a[2], "rss_mb_to": b[2], "episodes_from": a[1],
+            "kb_per_episode": (b[2] - a[2]) * 1024 / max(b[1] - a[1], 1), "samples": samples}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dedupe", default="index", choices=("index", "dict"))
+    p.add_argument("--seconds", type=float, default=300.0)
+    p.add_argument("--threads", type=int, default=16)
+    p.add_argument("--window", type=int, default=2000, help="ids the index keeps in RAM")
+    args = p.parse_args(argv)
+    res = run(args.dedupe, args.seconds, args.threads, args.window)
+    print(json.dumps({k: v for k, v in res.items() if k != "samples"}), flush=True)
+    return res
+
+
+if __name__ == "__main__":
+    main()
