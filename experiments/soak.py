@@ -66,7 +66,6 @@ from lwd_jax.data.rlds_reader import RLDSReader
 from lwd_jax.learner.auth import add_robot
 from lwd_jax.learner.replicas import SharedStore, iter_commits
 from lwd_jax.sim.generate import generate
-
 from lwd_jax.sim.tasks import get_task
 from robot_bridge.client import ClientConfig, FleetError, LearnerClient
 
