@@ -26,6 +26,11 @@ from typing import Any
 import numpy as np
 
 from experiments.bench_ingest import BENCH_TASK, synthetic_episode
+from experiments.soak import rss_mb
+from lwd_jax.data.batching import InstructionTable
+from lwd_jax.learner.fleet_store import FleetStore
+from lwd_jax.learner.service import FleetServicer, serve
+from robot_bridge.client import LearnerClient
 
 STEPS = 100
 EPISODES_PER_THREAD = 8  # distinct contents each uploader cycles through (fresh ids every time)
@@ -33,8 +38,6 @@ EPISODES_PER_THREAD = 8  # distinct contents each uploader cycles through (fresh
 
 def _uploaders(target: str, seconds: float, threads: int) -> None:
     """One process of `threads` robots uploading back to back until `seconds` have passed."""
-    from robot_bridge.client import LearnerClient
-
     end = time.time() + seconds
 
     def one(i: int) -> None:
@@ -53,21 +56,9 @@ def _uploaders(target: str, seconds: float, threads: int) -> None:
         t.join()
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for ln in f:
-            if ln.startswith("VmRSS:"):
-                return int(ln.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
 def run(dedupe: str = "index", seconds: float = 300.0, threads: int = 16, window: int = 2000,
         capacity: int = 20_000, every_s: float = 10.0) -> dict[str, Any]:
     """Returns the samples (seconds, episodes accepted, RSS MB) and the growth per episode after a third."""
-    from lwd_jax.data.batching import InstructionTable
-    from lwd_jax.learner.fleet_store import FleetStore
-    from lwd_jax.learner.service import FleetServicer, serve
-
     if dedupe not in ("index", "dict"):
         raise ValueError(f"--dedupe: expected 'index' or 'dict', got {dedupe!r}")
     root = tempfile.mkdtemp(prefix="lwd-ingest-memory-")
@@ -84,7 +75,7 @@ def run(dedupe: str = "index", seconds: float = 300.0, threads: int = 16, window
     t0 = time.perf_counter()
     try:
         while proc.is_alive():
-            samples.append((time.perf_counter() - t0, servicer.fleet_status()["episodes_accepted"], _rss_mb()))
+            samples.append((time.perf_counter() - t0, servicer.fleet_status()["episodes_accepted"], rss_mb(os.getpid())))
             print(json.dumps(samples[-1]), flush=True)
             proc.join(every_s)
     finally:

@@ -34,6 +34,7 @@ import grpc
 import numpy as np
 
 from experiments.bench_ingest import BENCH_TASK, synthetic_episode
+from experiments.soak import rss_mb, write_results
 from fleet_api.protos import fleet_pb2, fleet_pb2_grpc
 from fleet_api.wire import client_metadata, episode_to_messages
 from lwd_jax.data.batching import InstructionTable
@@ -45,6 +46,7 @@ from lwd_jax.learner.service import (
     FleetServicer,
     serve,
 )
+from robot_bridge.client import LearnerClient
 
 MAX_STEPS = 400  # the learner's step budget (the largest task budget of the bundled tasks is of this order)
 ATTACK_BYTES = 600 << 20  # what each stream tries to make the learner hold (the issue's measurement)
@@ -54,14 +56,6 @@ ATTACKS = ("declared_huge", "undeclared_image", "chunk_flood", "oversize_message
 TOKEN = "bomb"
 SAMPLE_S = 0.01
 BEFORE = {"one stream": "844 -> 1432 MB (+588)", "four streams": "918 -> 2922 MB (+2004)"}  # the issue's figures
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for ln in f:
-            if ln.startswith("VmRSS:"):
-                return int(ln.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 def _valid_header(robot_id: str, steps: int) -> fleet_pb2.EpisodeHeader:
@@ -136,7 +130,7 @@ def _attacker(target: str, attack: str, streams: int, out: Any, attack_bytes: in
 def _sample_peak(stop: threading.Event, peak: list[float]) -> None:
     """peak[0] = the largest RSS seen every SAMPLE_S until `stop` (a thread beside the attack)."""
     while not stop.wait(SAMPLE_S):
-        peak[0] = max(peak[0], _rss_mb())
+        peak[0] = max(peak[0], rss_mb(os.getpid()))
 
 
 def offered_mb(attack: str, attack_bytes: int) -> float:
@@ -171,7 +165,7 @@ def run(root: str | None = None, attacks: tuple[str, ...] = ATTACKS, attack_byte
         for attack in attacks:
             for streams in ((8,) if attack == "held_open" else (1, 4)):
                 gc.collect()
-                base = _rss_mb()
+                base = rss_mb(os.getpid())
                 peak = [base]
                 stop = threading.Event()
 
@@ -188,12 +182,10 @@ def run(root: str | None = None, attacks: tuple[str, ...] = ATTACKS, attack_byte
                 sampler.join()
                 gc.collect()
                 rows.append({"attack": attack, "streams": streams, "codes": codes, "rss_before_mb": base,
-                             "rss_peak_mb": peak[0], "rss_after_mb": _rss_mb(), "seconds": seconds,
+                             "rss_peak_mb": peak[0], "rss_after_mb": rss_mb(os.getpid()), "seconds": seconds,
                              "offered_mb": offered_mb(attack, attack_bytes) * streams})
                 print(json.dumps(rows[-1]), flush=True)
         # the learner still serves: one good episode lands
-        from robot_bridge.client import LearnerClient
-
         good = synthetic_episode(50, np.random.default_rng(1), "bomber-7")
         with LearnerClient(target, "bomber-7", TOKEN) as client:
             ack = client.upload_episode(good)
@@ -225,12 +217,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out", default="results/memory_bomb.json")
     args = p.parse_args(argv)
     res = run()
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(res, f, indent=1)
-    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
-        f.write(markdown(res) + "\n")
-    print(markdown(res))
+    write_results(res, args.out, markdown)
     return res
 
 

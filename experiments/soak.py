@@ -54,6 +54,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -147,7 +148,8 @@ def _worker(target: str, creds: list[tuple[str, str]], tasks: list[str], max_len
             t.join()
 
 
-def _rss_mb(pid: int) -> float | None:
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of `pid` in MB (None once it has gone): the figure every memory experiment reports."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for ln in f:
@@ -158,7 +160,7 @@ def _rss_mb(pid: int) -> float | None:
     return None
 
 
-def _tree_rss_mb(pid: int) -> float | None:
+def _treerss_mb(pid: int) -> float | None:
     """RSS of `pid` and every process below it (learner process 0 with the replicas it started)."""
     children: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):
@@ -172,7 +174,7 @@ def _tree_rss_mb(pid: int) -> float | None:
     total, todo, any_ = 0.0, [pid], False
     while todo:
         p = todo.pop()
-        mb = _rss_mb(p)
+        mb = rss_mb(p)
         if mb is not None:
             total, any_ = total + mb, True
         todo += children.get(p, [])
@@ -297,10 +299,10 @@ def run(clients: int = 64, procs: int = 8, minutes: float = 10.0, workdir: str |
 
         def sample() -> None:
             while not sampling.wait(RSS_EVERY_S):
-                mb = _rss_mb(learners[0].pid)
+                mb = rss_mb(learners[0].pid)
                 if mb is not None:
                     rss.append((time.time(), mb))
-                every = [_tree_rss_mb(p.pid) for p in learners]
+                every = [_treerss_mb(p.pid) for p in learners]
                 if any(m is not None for m in every):
                     rss_all.append((time.time(), sum(m for m in every if m is not None)))
 
@@ -386,6 +388,16 @@ def run(clients: int = 64, procs: int = 8, minutes: float = 10.0, workdir: str |
     }
 
 
+def write_results(res: dict[str, Any], out: str, markdown: Callable[[dict[str, Any]], str]) -> None:
+    """`out` (JSON) and its markdown table beside it (`.md`), and the table on stdout: every experiment's results."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(res, f, indent=1)
+    with open(os.path.splitext(out)[0] + ".md", "w") as f:
+        f.write(markdown(res) + "\n")
+    print(markdown(res))
+
+
 def markdown(res: dict[str, Any]) -> str:
     """The per-minute table and the totals, as the README and the issue note show them."""
     scale = res.get("replicas") or res.get("learner_procs", 1) > 1
@@ -433,12 +445,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         p.error("--replicas must be >= 0 and --learner-procs >= 1; several learner processes need --replicas")
     res = run(args.clients, min(args.procs, args.clients), args.minutes, args.workdir, args.overrides,
               args.replicas, args.learner_procs, args.kill_replica_at)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(res, f, indent=1)
-    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
-        f.write(markdown(res) + "\n")
-    print(markdown(res))
+    write_results(res, args.out, markdown)
     return res
 
 
