@@ -160,7 +160,7 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
-def _treerss_mb(pid: int) -> float | None:
+def _tree_rss_mb(pid: int) -> float | None:
     """RSS of `pid` and every process below it (learner process 0 with the replicas it started)."""
     children: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):
@@ -268,7 +268,8 @@ def run(clients: int = 64, procs: int = 8, minutes: float = 10.0, workdir: str |
     run_dir = os.path.join(root, "run")
     addr_file = os.path.join(run_dir, "fleet", "learner.json")
     cmd = [sys.executable, "-m", "experiments.serve", "--config=experiments/configs/serve.py:smoke",
-           f"--config.checkpoint_every={CHECKPOINT_EVERY}", f"--config.workdir={run_dir}", f"--config.data.offline_dir={dc.out_dir}", f"--config.tasks={dc.tasks}",
+           f"--config.checkpoint_every={CHECKPOINT_EVERY}", f"--config.workdir={run_dir}",
+           f"--config.data.offline_dir={dc.out_dir}", f"--config.tasks={dc.tasks}",
            "--config.online.host=127.0.0.1", "--config.online.port=0", f"--config.online.tokens_file={tokens_file}",
            *([f"--config.online.ingest_replicas={replicas}"] if replicas else []),
            *[f"--config.{o}" for o in overrides or []]]
@@ -302,7 +303,7 @@ def run(clients: int = 64, procs: int = 8, minutes: float = 10.0, workdir: str |
                 mb = rss_mb(learners[0].pid)
                 if mb is not None:
                     rss.append((time.time(), mb))
-                every = [_treerss_mb(p.pid) for p in learners]
+                every = [_tree_rss_mb(p.pid) for p in learners]
                 if any(m is not None for m in every):
                     rss_all.append((time.time(), sum(m for m in every if m is not None)))
 

@@ -54,14 +54,14 @@ class AckedIndex(Mapping[str, "str | None"]):
         self._recent: collections.OrderedDict[str, bytes | None] = collections.OrderedDict()
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
-        self._n = 0  # ids ever added (the file's count, or the RAM table's); the next id's order
+        self._n = 0  # the next row's acknowledgement order (the file's `n` column; iteration sorts by it)
         if path is not None:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=OFF")  # derived data: refilled from the fleet log when it lags
             self._db.execute(_SCHEMA)
-            self._n = self._db.execute("SELECT count(*) FROM acked").fetchone()[0]
+            self._n = self._db.execute("SELECT coalesce(max(n) + 1, 0) FROM acked").fetchone()[0]
 
     # ---------------------------------------------------------------- writes
 
@@ -76,12 +76,10 @@ class AckedIndex(Mapping[str, "str | None"]):
             rows = []
             for eid, digest in pairs:
                 packed = _pack(digest)
-                new = eid not in self._recent and (self._db is None or self._lookup_file(eid) is None)
-                if self._db is not None:
-                    rows.append((eid, self._n, packed))
-                self._n += new
+                rows.append((eid, self._n, packed))  # (an id already there keeps its order; only its digest changes)
+                self._n += 1
                 self._remember(eid, packed)
-            if rows:
+            if rows and self._db is not None:
                 self._db.execute("BEGIN")
                 self._db.executemany("INSERT INTO acked (id, n, digest) VALUES (?, ?, ?) ON CONFLICT(id) DO UPDATE "
                                      "SET digest = excluded.digest", rows)
@@ -121,8 +119,11 @@ class AckedIndex(Mapping[str, "str | None"]):
         return digest
 
     def __len__(self) -> int:
+        """Ids indexed: the file's row count (a scan: at a start, not per upload), or the RAM table's."""
         with self._lock:
-            return self._n
+            if self._db is None:
+                return len(self._recent)
+            return self._db.execute("SELECT count(*) FROM acked").fetchone()[0]
 
     def __iter__(self) -> Iterator[str]:
         return (eid for eid, _ in self.items())
