@@ -58,6 +58,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from experiments.bench_ingest import synthetic_episode
 from experiments.configs.data import get_config as data_config
@@ -250,6 +251,42 @@ def per_minute(acks: list[dict[str, Any]], rss: list[tuple[float, float]], t0: f
     return rows
 
 
+def linear_trend(y: list[float]) -> dict[str, float | int | None]:
+    """Least-squares slope of `y` per step of its index, with a 95% t-interval.
+
+    Why an interval: "no downward trend" and "flat" are claims about a slope that per-minute noise (the
+    learner's evaluations and publishes, the clients' scheduling on shared cores) moves by several units, so
+    the point estimate alone cannot support them. Minutes are treated as independent; their noise is mildly
+    autocorrelated, so the interval is if anything a little narrow.
+    """
+    y_arr = np.asarray(y, dtype=float)
+    n = len(y_arr)
+    if n < 3:
+        return {"n": n, "slope": None, "lo": None, "hi": None, "mean": float(y_arr.mean()) if n else None}
+    res = stats.linregress(np.arange(n, dtype=float), y_arr)
+    half = float(stats.t.ppf(0.975, n - 2) * res.stderr)
+    return {"n": n, "slope": float(res.slope), "lo": float(res.slope) - half, "hi": float(res.slope) + half,
+            "mean": float(y_arr.mean())}
+
+
+def trends(rows: list[dict[str, Any]], minutes: float) -> dict[str, Any]:
+    """The goals' statistics from the per-minute rows: the acks/s trend over the whole minutes of the run, and
+    learner RSS once the replay buffer is full — its growth, its slope, and the slope over the later half of
+    those minutes (memory that levels off has a later-half slope near 0 even where the whole-range one is not).
+    A pure function of the rows, so `--summarize` recomputes it for a results file."""
+    whole = [r for r in rows if r["minute"] <= int(minutes)]
+    full = [r["rss_mb"] for r in whole if r["buffer_full"] and r["rss_mb"] is not None]
+    later = full[len(full) // 2:]
+    return {
+        "acks_per_s": linear_trend([r["acks_per_s"] for r in whole]),
+        "rss_after_full": {"minutes": len(full), "first_mb": full[0] if full else None,
+                           "last_mb": full[-1] if full else None,
+                           "growth_mb": (full[-1] - full[0]) if len(full) > 1 else None,
+                           "slope_mb_per_min": linear_trend(full),
+                           "later_half_slope_mb_per_min": linear_trend(later)},
+    }
+
+
 def run(clients: int = 64, procs: int = 8, minutes: float = 10.0, workdir: str | None = None,
         overrides: list[str] | None = None, replicas: int = 0, learner_procs: int = 1,
         kill_replica_at: float = 0.0) -> dict[str, Any]:
@@ -368,7 +405,7 @@ def run(clients: int = 64, procs: int = 8, minutes: float = 10.0, workdir: str |
         "clients": clients, "procs": procs, "minutes": minutes, "tasks": tasks, "mean_steps_per_episode": mean_steps,
         "replicas": replicas, "learner_procs": learner_procs, "replica_killed_at_s": killed_at[0] if killed_at else None,
         "replay_capacity_transitions": capacity, "per_minute": rows,
-        "acks_per_s_slope_per_minute": slope,
+        "acks_per_s_slope_per_minute": slope, "trends": trends(rows, minutes),
         "rss_growth_mb_after_buffer_full": (full_rss[-1] - full_rss[0]) if len(full_rss) > 1 else None,
         "episodes": {"sent": len(sent), "acked": len(acked), "stored": len(stored),
                      "lost": len(acked - set(stored)), "duplicated": sum(1 for c in stored.values() if c > 1),
@@ -408,8 +445,8 @@ def markdown(res: dict[str, Any]) -> str:
                 if scale else ""),
              "", "| minute | acks/s | ack p50 (s) | ack p99 (s) | learner RSS (MB) | " + ("all processes RSS (MB) | " if scale else "")
              + "replay buffer full |", "|---|---|---|---|---|" + ("---|" if scale else "") + "---|"]
+    f = lambda x, d=2: "–" if x is None else f"{x:.{d}f}"  # noqa: E731
     for r in res["per_minute"]:
-        f = lambda x, d=2: "–" if x is None else f"{x:.{d}f}"  # noqa: E731
         lines.append(f"| {r['minute']} | {r['acks_per_s']:.1f} | {f(r['ack_p50_s'])} | {f(r['ack_p99_s'])} | "
                      f"{f(r['rss_mb'], 0)} | " + (f"{f(r.get('rss_all_mb'), 0)} | " if scale else "")
                      + f"{'yes' if r['buffer_full'] else 'no'} |")
@@ -418,8 +455,15 @@ def markdown(res: dict[str, Any]) -> str:
               f"duplicated {e['duplicated']}, stored but unacked {e['stored_unacked']}, client errors {e['client_errors']}, "
               f"clients died {len(res['clients_died'])}.",
               f"acks/s slope {res['acks_per_s_slope_per_minute']:+.2f} per minute; RSS growth after the buffer filled "
-              f"{res['rss_growth_mb_after_buffer_full']} MB; restart: rebuilt {rs['rebuilt_episodes']} episodes in "
+              f"{f(res['rss_growth_mb_after_buffer_full'], 1)} MB; restart: rebuilt {rs['rebuilt_episodes']} episodes in "
               f"{rs['rebuild_s']} s, serving again after {rs['to_serving_s']:.1f} s; learner exits {res['learner_exit_codes']}."]
+    if "trends" in res:
+        a, m = res["trends"]["acks_per_s"], res["trends"]["rss_after_full"]
+        iv = lambda d, u: ("–" if d["slope"] is None  # noqa: E731
+                           else f"{d['slope']:+.2f} {u} (95% CI {d['lo']:+.2f} to {d['hi']:+.2f}, {d['n']} minutes)")
+        lines.append(f"Trends: acks/s {iv(a, 'per minute')} on a mean of {a['mean']:.1f}; learner RSS over the "
+                     f"{m['minutes']} minutes with the buffer full {f(m['first_mb'], 0)} -> {f(m['last_mb'], 0)} MB, slope "
+                     f"{iv(m['slope_mb_per_min'], 'MB/min')}, over their later half {iv(m['later_half_slope_mb_per_min'], 'MB/min')}.")
     if "learned_after_restart" in e:
         lines.append(f"Committed (commit records) {e['stored']}; process 0 re-read {e['learned_after_restart']} after the "
                      f"restart ({rs.get('tail_read_episodes')} in {rs.get('tail_read_s')} s), {e['learned_twice']} twice, "
@@ -439,7 +483,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--learner-procs", type=int, default=1, help="learner processes (jax.distributed; needs --replicas)")
     p.add_argument("--kill-replica-at", type=float, default=0.0, help="SIGKILL replica r0 this many seconds in (0: never)")
     p.add_argument("--out", default="results/soak.json")
+    p.add_argument("--summarize", metavar="RESULTS_JSON", default=None,
+                   help="recompute the trend statistics and the table of an existing results file in place; no run")
     args = p.parse_args(argv)
+    if args.summarize:
+        with open(args.summarize) as f:
+            res = json.load(f)
+        res["trends"] = trends(res["per_minute"], res["minutes"])
+        write_results(res, args.summarize, markdown)
+        return res
     if args.clients < 1 or args.procs < 1 or args.minutes <= 0:
         p.error("--clients and --procs must be >= 1 and --minutes > 0")
     if args.replicas < 0 or args.learner_procs < 1 or (args.learner_procs > 1 and not args.replicas):

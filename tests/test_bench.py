@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from experiments.soak import per_minute, soak_episode
+from experiments.soak import per_minute, soak_episode, trends
 from experiments.speed import main
 from fleet_api.schema import validate_episode
 from lwd_jax.sim.tasks import get_task
@@ -57,6 +57,23 @@ def test_soak_episodes_are_schema_valid_and_minutes_are_binned_by_their_length()
     assert rows[0]["acks_per_s"] == 2.0 and rows[1]["acks_per_s"] == 2.0  # 120 acks / 60 s, 60 acks / 30 s
     assert abs(rows[1]["ack_p50_s"] - 0.2) < 1e-9 and rows[0]["rss_mb"] == 500.0 and rows[1]["rss_mb"] == 520.0
     assert not rows[0]["buffer_full"] and rows[1]["buffer_full"]
+
+
+def test_soak_trends_tell_a_memory_that_levels_off_from_one_that_keeps_growing():
+    """The soak's goal statistics: RSS that rises then stays level has a later-half slope whose interval holds 0,
+    a steady climb does not; a trendless acks/s series has an interval around 0 (would fail if the trend were
+    taken over the buffer-filling minutes, or the interval dropped)."""
+    wiggle = [np.sin(1.7 * m) for m in range(40)]  # noise without a trend, the same on every run
+    level = [{"minute": m + 1, "acks_per_s": 110 + 3 * wiggle[m], "buffer_full": m >= 2,
+              "rss_mb": 2000 + 40 * min(m, 12) / 12 + 0.5 * wiggle[m]} for m in range(40)]
+    t = trends(level + [{**level[-1], "minute": 41, "rss_mb": 9999.0}], minutes=40.0)  # a partial 41st minute
+    assert t["rss_after_full"]["minutes"] == 38 and t["rss_after_full"]["last_mb"] < 2100
+    later = t["rss_after_full"]["later_half_slope_mb_per_min"]
+    assert later["n"] == 19 and later["lo"] < 0 < later["hi"]
+    assert t["acks_per_s"]["n"] == 40 and t["acks_per_s"]["lo"] < 0 < t["acks_per_s"]["hi"]
+    climbing = [{**r, "rss_mb": 2000 + 2.0 * r["minute"]} for r in level]
+    c = trends(climbing, minutes=40.0)["rss_after_full"]["later_half_slope_mb_per_min"]
+    assert abs(c["slope"] - 2.0) < 1e-9 and c["lo"] > 1.9
 
 
 def test_episode_to_sampleable_counts_to_the_first_update_whose_batch_was_built_after_it():
