@@ -9,6 +9,7 @@ import json
 import math
 import os
 import shutil
+import uuid
 
 import numpy as np
 import pytest
@@ -184,6 +185,74 @@ def test_manifest_commits_between_info_rewrites_and_survives_a_kill(tmp_path, ep
         writer.append(episodes[0])
     assert len(read_episodes(path)) == 7
     assert tfds.builder_from_directory(path).info.splits["train"].num_examples == 7  # and on close
+
+
+def _stock_tfds_ids(path: str) -> list[str]:
+    """Episode ids in shard order as stock TFDS reads the dataset (its own file names, its own shard list)."""
+    ds = tfds.builder_from_directory(path).as_dataset(split="train", shuffle_files=False)
+    return [ex["episode_metadata"]["episode_id"].numpy().decode() for ex in ds]
+
+
+def _shard_names(path: str) -> list[str]:
+    return sorted(n for n in os.listdir(path) if rlds_format.shard_index_pattern().match(n))
+
+
+def test_store_past_a_power_of_ten_of_shards_stays_readable_by_stock_tfds_and_ours(tmp_path, monkeypatch):
+    """TFDS names shard i of a split of n shards with max(5, len(str(n))) digits, so at 100,000 one-episode
+    fleet shards every name it looks for changes: the 60-minute soak's store (383k episodes) could be read by
+    neither stock TFDS nor our reader. Shrunk here by setting TFDS's minimum to 1 digit: the names widen at 10
+    and 100 shards. Checked: a writer killed after the widening (stock TFDS reads the list it was given, ours
+    every commit), a kill between the widened commit and its dataset_info.json rewrite, a kill between the
+    links and the commit (an orphan), reopening (only the current names are left), and 101 shards."""
+    import subprocess
+    import sys
+
+    from tensorflow_datasets.core import naming
+
+    assert naming._DEFAULT_NUM_DIGITS_FOR_SHARDS == rlds_format.MIN_SHARD_DIGITS  # the rule we mirror
+    patch = ("from tensorflow_datasets.core import naming\nfrom lwd_jax.data import rlds_format\n"
+             "naming._DEFAULT_NUM_DIGITS_FOR_SHARDS = rlds_format.MIN_SHARD_DIGITS = 1\n")
+    monkeypatch.setattr(naming, "_DEFAULT_NUM_DIGITS_FOR_SHARDS", 1)
+    monkeypatch.setattr(rlds_format, "MIN_SHARD_DIGITS", 1)
+    relabel = "[dataclasses.replace(e, episode_id=uuid.UUID(int=i + 1, version=4).hex) for i, e in enumerate(eps)]"
+    eps = make_episodes(seed=3, count=101, max_steps=5)
+    eps = eval(relabel, {"dataclasses": dataclasses, "uuid": uuid, "eps": eps})  # the ids the subprocess gives them
+    ids = [e.episode_id for e in eps]
+    path, nine = str(tmp_path / "fleet"), str(tmp_path / "nine")
+    script = (patch + "import dataclasses, os, sys, uuid\nfrom lwd_jax.data.rlds_writer import RLDSWriter\n"
+              "from tests.rlds_fixtures import make_episodes\n"
+              f"eps = make_episodes(seed=3, count=101, max_steps=5)\neps = {relabel}\n"
+              "w = RLDSWriter(sys.argv[1], info_every=100)\n"
+              "for ep in eps[:int(sys.argv[2])]: w.append(ep)\n"
+              "w.close() if sys.argv[3] == 'close' else os._exit(0)  # os._exit: like kill -9\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for where, n, end in ((path, 12, "kill"), (nine, 9, "close")):
+        subprocess.run([sys.executable, "-c", script, where, str(n), end], cwd=root, check=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": root})
+    # killed with 12 committed: the 10th commit widened the names and listed its 10 shards at once
+    assert _stock_tfds_ids(path) == ids[:10]
+    assert [e.episode_id for e in read_episodes(path)] == ids[:12]
+    # a kill between the widened commit and its dataset_info.json rewrite: TFDS's list says 9 (old names)
+    torn = str(tmp_path / "torn")
+    shutil.copytree(path, torn)
+    shutil.copy(os.path.join(nine, "dataset_info.json"), os.path.join(torn, "dataset_info.json"))
+    assert _stock_tfds_ids(torn) == ids[:9] and [e.episode_id for e in read_episodes(torn)] == ids[:12]
+    with RLDSWriter(torn):  # reopening lists every commit under its current name and drops the old names
+        assert _shard_names(torn) == [f"lwd_episodes-train.tfrecord-{i:02d}" for i in range(12)]
+    assert _stock_tfds_ids(torn) == ids[:12]
+    # a kill between the links and the commit: the 2-digit names and shard 09 exist, no manifest line
+    for i in range(9):
+        os.link(os.path.join(nine, f"lwd_episodes-train.tfrecord-{i}"), os.path.join(nine, f"lwd_episodes-train.tfrecord-{i:02d}"))
+    shutil.copy(os.path.join(path, "lwd_episodes-train.tfrecord-09"), os.path.join(nine, "lwd_episodes-train.tfrecord-09"))
+    with RLDSWriter(nine, durable=False) as writer:
+        assert writer.num_shards == 9 and os.path.exists(os.path.join(nine, "lwd_episodes-train.tfrecord-09" + ORPHAN_SUFFIX))
+        assert _shard_names(nine) == [f"lwd_episodes-train.tfrecord-{i}" for i in range(9)]
+        for ep in eps[9:]:  # on to 101 shards: widened at 10 and at 100
+            writer.append(ep)
+        assert _stock_tfds_ids(nine) == ids[:100]  # listed by the widening at 100
+    assert _stock_tfds_ids(nine) == ids and [e.episode_id for e in read_episodes(nine)] == ids
+    with RLDSWriter(nine, durable=False):
+        assert _shard_names(nine) == [f"lwd_episodes-train.tfrecord-{i:03d}" for i in range(101)]
 
 
 def test_patched_dataset_info_is_what_tfds_writes(tmp_path, episodes):

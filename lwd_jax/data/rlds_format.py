@@ -24,6 +24,7 @@ per float; the bytes parse with TFDS's own parser (a test checks the result equa
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,32 @@ FILE_SUFFIX = "tfrecord"
 # No "-of-NNNNN" in shard names (the SequentialWriter convention): appending a shard must not rename the
 # existing ones. The template is stored in dataset_info.json, so TFDS readers find the files.
 SHARD_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_INDEX}"
+# TFDS's minimum digits of a shard index (tensorflow_datasets naming._DEFAULT_NUM_DIGITS_FOR_SHARDS; a test
+# checks they agree).
+MIN_SHARD_DIGITS = 5
+
+
+def shard_digits(num_shards: int) -> int:
+    """The digits TFDS puts in every shard index of a split that lists `num_shards` shards.
+
+    Why this is ours to know: TFDS derives each shard's file name from the split's shard *count*,
+    max(5, len(str(count))), so the names it looks for change when a growing store reaches 100,000 shards
+    (then 1,000,000). A writer that named shard i `...-00042` forever left a fleet store that neither stock
+    TFDS nor our reader could open past 100,000 one-episode shards (found by a 60-minute soak, 383k episodes).
+    """
+    return max(MIN_SHARD_DIGITS, len(str(int(num_shards))))
+
+
+def shard_filename(index: int, num_shards: int, split: str = SPLIT) -> str:
+    """The file name TFDS reads for shard `index` of a `split` that lists `num_shards` shards."""
+    return (SHARD_TEMPLATE.replace("{DATASET}", DATASET_NAME).replace("{SPLIT}", split)
+            .replace("{FILEFORMAT}", FILE_SUFFIX).replace("{SHARD_INDEX}", f"{int(index):0{shard_digits(num_shards)}d}"))
+
+
+def shard_index_pattern(split: str = SPLIT) -> re.Pattern[str]:
+    """Matches a shard file name of any width, group 1 the index (crash recovery lists the directory)."""
+    prefix = shard_filename(0, 0, split)[:-MIN_SHARD_DIGITS]
+    return re.compile(re.escape(prefix) + r"(\d+)$")
 IMAGE_FORMAT = "png"  # lossless, so a write -> read round trip is exact
 
 STEP_OBS_KEYS = ("state", "state_mask", "proprio")

@@ -93,14 +93,23 @@ class RLDSReader(RecordForensics):
         self.shards = [os.fspath(p) for p in split_info.filepaths]
         self.shard_lengths = [int(n) for n in split_info.shard_lengths]
         # Shards our writer committed since its last dataset_info.json rewrite (a running or killed learner).
+        # Their names, and the listed ones' too, are those of the whole committed count: past a power of ten
+        # (100,000 shards) the writer has linked every shard under the wider name before committing more.
         entries, _ = manifest_entries(os.path.join(self.data_dir, MANIFEST_NAME))
-        template = rlds_format.SHARD_TEMPLATE.replace("{DATASET}", rlds_format.DATASET_NAME).replace(
-            "{SPLIT}", split).replace("{FILEFORMAT}", rlds_format.FILE_SUFFIX)
+        listed = len(self.shards)
+        extra: list[int] = []  # records of shards listed, listed + 1, ... (a run, as our writer commits them)
         for index, records, _ in entries:
-            path = os.path.join(self.data_dir, template.replace("{SHARD_INDEX}", f"{index:05d}"))
-            if index == len(self.shards) and os.path.exists(path):
-                self.shards.append(path)
-                self.shard_lengths.append(records)
+            if index == listed + len(extra):
+                extra.append(records)
+        total = listed + len(extra)
+        if extra and rlds_format.shard_digits(total) != rlds_format.shard_digits(listed):
+            self.shards = [os.path.join(self.data_dir, rlds_format.shard_filename(i, total, split)) for i in range(listed)]
+        for index, records in enumerate(extra, start=listed):
+            path = os.path.join(self.data_dir, rlds_format.shard_filename(index, total, split))
+            if not os.path.exists(path):
+                break
+            self.shards.append(path)
+            self.shard_lengths.append(records)
         if shards is not None:
             bad = [i for i in shards if not 0 <= i < len(self.shards)]
             if bad:

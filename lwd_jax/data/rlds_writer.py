@@ -25,6 +25,13 @@ open it is renamed `*.orphan` (its episodes were never acknowledged, so the robo
 adopting them would duplicate them); a torn last manifest line is cut off the same way.
 One shard per `append` call: per fleet episode online, or per group of `episodes_per_shard` offline.
 A lock file keeps a second writer process out of the same directory.
+
+Shard names follow the shard count (`rlds_format.shard_digits`): TFDS looks for shard i of a split of n shards
+under an index of max(5, len(str(n))) digits, so the commit that takes the store to 100,000 (1,000,000) shards
+first hard-links every committed shard under the wider name (fsync), then commits its own shard under it and
+rewrites dataset_info.json at once. A reader that still holds the old list finds the old names, one that sees the
+new count finds the new ones; the next open (after every commit is listed) removes the narrower names. A crash
+anywhere in between is put right by that open: every committed shard gets its name for the committed count.
 """
 
 from __future__ import annotations
@@ -35,7 +42,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -163,12 +169,16 @@ class RLDSWriter:
             for _, records, nbytes in self._replay_manifest(manifest_path):
                 self._shard_lengths.append(records)
                 self._num_bytes += nbytes
-            self._recover()
+            narrower = self._recover()
             if not exists:  # features.json first: dataset_info.json appearing marks the dataset as valid
                 self._features.save_config(self.data_dir)
                 self._write_info()
             elif len(self._shard_lengths) > listed:  # committed since the last rewrite: list them for stock TFDS
                 self._write_info()
+            for path in narrower:  # every commit is listed under the names its count gives: the old ones can go
+                os.remove(path)
+            if narrower and self.durable:
+                fsync_path(self.data_dir, directory=True)
             self._manifest = open(manifest_path, "ab")
         except BaseException:
             self.close()
@@ -282,14 +292,40 @@ class RLDSWriter:
             )
         return rlds_format.episode_to_example_bytes(ep)
 
-    def _shard_path(self, index: int) -> str:
-        return os.fspath(self._template.sharded_filepath(shard_index=index, num_shards=None))
+    def _shard_path(self, index: int, num_shards: int | None = None) -> str:
+        """Shard `index`'s file when the dataset lists `num_shards` (default: the committed count)."""
+        n = len(self._shard_lengths) if num_shards is None else num_shards
+        return os.path.join(self.data_dir, rlds_format.shard_filename(index, n))
+
+    def _find_shard(self, index: int) -> str | None:
+        """Shard `index`'s file under whichever width it has (opening a store, before its count is settled)."""
+        low = rlds_format.shard_digits(index)
+        for digits in range(low, low + 2):
+            path = self._shard_path(index, 10 ** (digits - 1))
+            if os.path.exists(path):
+                return path
+        return None
+
+    def _widen_names(self, count: int, num_shards: int) -> None:
+        """Hard-links the `count` committed shards under the names a split of `num_shards` gives them (the
+        commit that crosses a power of ten), durable before that commit's manifest line."""
+        for i in range(count):
+            new = self._shard_path(i, num_shards)
+            if not os.path.exists(new):
+                os.link(self._shard_path(i, count), new)
+        if self.durable:
+            fsync_path(self.data_dir, directory=True)
+        log.info("RLDS dataset '%s': %d shards linked under %d-digit names (TFDS's names for %d shards)",
+                 self.data_dir, count, rlds_format.shard_digits(num_shards), num_shards)
 
     def _commit_shard(self, records: list[bytes]) -> str:
         import tensorflow as tf
 
         index = len(self._shard_lengths)
-        path = self._shard_path(index)
+        widened = rlds_format.shard_digits(index + 1) != rlds_format.shard_digits(index)
+        if widened:
+            self._widen_names(index, index + 1)
+        path = self._shard_path(index, index + 1)
         tmp = os.path.join(self.data_dir, f".{os.path.basename(path)}{TMP_MARK}{os.getpid()}")
         try:
             with tf.io.TFRecordWriter(tmp) as writer:
@@ -320,7 +356,7 @@ class RLDSWriter:
         self._shard_lengths.append(len(records))
         self._num_bytes += nbytes
         self._since_info += 1
-        if self._since_info >= self.info_every:
+        if widened or self._since_info >= self.info_every:  # stock TFDS must look for the new names at once
             try:
                 self._write_info()
                 self._since_info = 0
@@ -342,10 +378,10 @@ class RLDSWriter:
         for index, records, nbytes in entries:
             if index < len(self._shard_lengths) + len(extra):
                 continue
-            if index != len(self._shard_lengths) + len(extra) or not os.path.exists(self._shard_path(index)):
+            if index != len(self._shard_lengths) + len(extra) or self._find_shard(index) is None:
                 raise RuntimeError(f"RLDS dataset '{self.data_dir}': {MANIFEST_NAME} commits shard {index} but "
-                                   f"{os.path.basename(self._shard_path(index))} is missing (the dataset was edited "
-                                   "by hand or a disk lost data); refusing to append")
+                                   f"{os.path.basename(self._shard_path(index, index + 1))} is missing (the dataset "
+                                   "was edited by hand or a disk lost data); refusing to append")
             extra.append((index, records, nbytes))
         return extra
 
@@ -385,18 +421,40 @@ class RLDSWriter:
         self._info.set_file_format(file_adapters.FileFormat.TFRECORD, override=True)
         return dataset_info.get_dataset_info_json(self._info.as_proto)
 
-    def _recover(self) -> None:
-        """Removes temp files of a crashed writer and sets aside shards that no metadata lists."""
-        shard_re = re.compile(re.escape(os.path.basename(self._shard_path(0))).replace("00000", r"(\d+)") + "$")
-        for name in sorted(os.listdir(self.data_dir)):
+    def _recover(self) -> list[str]:
+        """Removes temp files of a crashed writer, sets aside shards that no metadata lists, and gives every
+        committed shard the name its count gives it (a link from the other width: a crash around a widening).
+        Returns the committed shards' files under other names, to remove once dataset_info.json lists them."""
+        n = len(self._shard_lengths)
+        shard_re = rlds_format.shard_index_pattern()
+        names = sorted(os.listdir(self.data_dir))
+        present = set(names)
+        other: dict[int, list[str]] = {}  # index -> its files under names other than its current one
+        for name in names:
             path = os.path.join(self.data_dir, name)
             if name.startswith(".") and TMP_MARK in name:
                 os.remove(path)
                 continue
             match = shard_re.match(name)
-            if match and int(match.group(1)) >= len(self._shard_lengths):
+            if not match:
+                continue
+            index = int(match.group(1))
+            if index >= n:
                 log.warning("RLDS dataset '%s': shard %s is not in dataset_info.json (crash before commit); renamed %s", self.data_dir, name, ORPHAN_SUFFIX)
                 os.replace(path, path + ORPHAN_SUFFIX)
+            elif name != rlds_format.shard_filename(index, n):
+                other.setdefault(index, []).append(path)
+        linked = 0
+        for index, paths in other.items():
+            if rlds_format.shard_filename(index, n) not in present:
+                os.link(paths[0], self._shard_path(index, n))
+                linked += 1
+        if linked and self.durable:
+            fsync_path(self.data_dir, directory=True)
+        if linked:
+            log.warning("RLDS dataset '%s': %d shards relinked under TFDS's names for %d shards (a crash around a "
+                        "widening)", self.data_dir, linked, n)
+        return [path for paths in other.values() for path in paths]
 
 
 def manifest_entries(manifest_path: str) -> tuple[list[tuple[int, int, int]], int]:
