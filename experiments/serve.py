@@ -12,9 +12,11 @@ from __future__ import annotations
 from experiments.cli import config_main, stop_on_signals
 from experiments.train import run
 from lwd_jax import sharding as shd
+from lwd_jax.learner.heap import configure_allocator
 
 
 def main() -> None:
+    configure_allocator()  # first: before any thread (learner/heap.py: a serving learner's arenas fragment)
     shd.maybe_initialize_distributed()
     stop = stop_on_signals()
     config_main("experiments/configs/serve.py", "learner config", lambda cfg: run(cfg, stop=stop))

@@ -35,6 +35,7 @@ from lwd_jax.learner import eval_report, plots
 from lwd_jax.learner.checkpoint import Checkpointer, init_from_pretrained
 from lwd_jax.learner.critic_probe import CriticProbe
 from lwd_jax.learner.evaluation import EvalCache
+from lwd_jax.learner.heap import configure_allocator
 from lwd_jax.learner.local_fleet import plan_fleet
 from lwd_jax.learner.loop import Learner, Phase
 from lwd_jax.learner.metrics_log import MetricsLogger
@@ -413,6 +414,7 @@ def online_summary(cfg: ml_collections.ConfigDict, report) -> str:
 
 
 def main() -> None:
+    configure_allocator()  # first: before any thread (learner/heap.py: a serving learner's arenas fragment)
     shd.maybe_initialize_distributed()  # multi-host only when LWD_COORDINATOR is set (see lwd_jax/sharding.py)
     stop = stop_on_signals()
     config_main("experiments/configs/multitask.py", "experiment config", lambda cfg: run(cfg, stop=stop))

@@ -57,6 +57,7 @@ from lwd_jax.data.rlds_reader import RLDSReader
 from lwd_jax.data.rlds_writer import MANIFEST_NAME, RLDSWriter, fsync_path
 from lwd_jax.learner.acked import DEFAULT_WINDOW, AckedIndex
 from lwd_jax.learner.auth import TokenAuth, load_token_hashes
+from lwd_jax.learner.heap import configure_allocator
 from lwd_jax.learner.service import FleetServicer, ServerTLS, StoredElsewhere, serve
 
 log = logging.getLogger(__name__)
@@ -403,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tls-client-ca", default="")
     p.add_argument("--no-fsync", action="store_true", help="skip fsyncs (tests and benchmarks of scratch data)")
     args = p.parse_args(argv)
+    configure_allocator()  # before the gRPC threads: upload buffers would fragment their arenas (learner/heap.py)
     if not (args.tokens_file or args.extra_tokens_file):
         p.error("--tokens-file or --extra-tokens-file: a replica never serves robots without tokens")
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s replica {args.name} %(levelname)s %(message)s")
