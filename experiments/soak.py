@@ -21,7 +21,8 @@ replica S seconds into the run (its clients go on with the others). The store is
 records, and process 0's fleet log after the restart (a fresh re-read of the store) by episode id.
 
 Figures, per minute of the run: acks/s, ack latency p50/p99 (client side, retries included), learner RSS
-(max of 5 s samples) and fleet-buffer fill; totals: episodes sent / acknowledged / stored / lost /
+(max of 5 s samples), the learner's own malloc split (bytes in use and arena size, from its memory/* log lines:
+a leak grows the first, allocator fragmentation the second; lwd_jax/learner/heap.py) and fleet-buffer fill; totals: episodes sent / acknowledged / stored / lost /
 duplicated, and the restart's rebuild time. Goals (issue 16): no downward trend in acks/s, RSS flat once
 the replay buffer is full, 0 lost, 0 duplicated. The episodes are synthetic but schema-valid for the
 dataset's real tasks (random states and actions, lengths up to the task's step budget), so the learner's
@@ -228,10 +229,25 @@ def _stop(procs: list[subprocess.Popen]) -> list[int]:
         raise RuntimeError(f"soak: the learner did not stop within {STOP_TIMEOUT_S:.0f} s of SIGTERM") from None
 
 
+def learner_memory(metrics_path: str) -> list[tuple[float, dict[str, float]]]:
+    """(time, {malloc_in_use_mb, malloc_arena_mb, ...}) of every online log line of the learner's metrics.jsonl
+    that carries the memory/* scalars (lwd_jax/learner/heap.py:memory_stats); [] when there is no such file."""
+    out = []
+    if os.path.exists(metrics_path):
+        with open(metrics_path) as f:
+            for ln in f:
+                if '"memory/' in ln:
+                    rec = json.loads(ln)
+                    out.append((float(rec["time"]), {k.split("/", 1)[1]: v for k, v in rec.items() if k.startswith("memory/")}))
+    return out
+
+
 def per_minute(acks: list[dict[str, Any]], rss: list[tuple[float, float]], t0: float, t1: float,
-               episodes_to_fill: float | None, rss_all: list[tuple[float, float]] | None = None) -> list[dict[str, Any]]:
+               episodes_to_fill: float | None, rss_all: list[tuple[float, float]] | None = None,
+               memory: list[tuple[float, dict[str, float]]] | None = None) -> list[dict[str, Any]]:
     """Minute-by-minute figures from the clients' ack lines and the learner's RSS samples over [t0, t1)
-    (a last partial minute is a rate over its own length)."""
+    (a last partial minute is a rate over its own length). `memory`: the learner's own memory/* log lines; each
+    minute then gets its last malloc in-use and arena sizes (a leak grows the first, fragmentation the second)."""
     rows = []
     n_acked = 0
     for m in range(int(np.ceil((t1 - t0) / 60.0))):
@@ -248,6 +264,10 @@ def per_minute(acks: list[dict[str, Any]], rss: list[tuple[float, float]], t0: f
             **({"rss_all_mb": max(mem_all) if mem_all else None} if rss_all is not None else {}),
             "buffer_full": bool(episodes_to_fill is not None and n_acked >= episodes_to_fill),
         })
+        heap = [h for t, h in memory or [] if lo <= t < hi and "malloc_in_use_mb" in h]
+        if memory is not None:
+            rows[-1].update(malloc_in_use_mb=heap[-1]["malloc_in_use_mb"] if heap else None,
+                            malloc_arena_mb=heap[-1]["malloc_arena_mb"] if heap else None)
     return rows
 
 
@@ -277,7 +297,7 @@ def trends(rows: list[dict[str, Any]], minutes: float) -> dict[str, Any]:
     whole = [r for r in rows if r["minute"] <= int(minutes)]
     full = [r["rss_mb"] for r in whole if r["buffer_full"] and r["rss_mb"] is not None]
     later = full[len(full) // 2:]
-    return {
+    out = {
         "acks_per_s": linear_trend([r["acks_per_s"] for r in whole]),
         "rss_after_full": {"minutes": len(full), "first_mb": full[0] if full else None,
                            "last_mb": full[-1] if full else None,
@@ -285,6 +305,12 @@ def trends(rows: list[dict[str, Any]], minutes: float) -> dict[str, Any]:
                            "slope_mb_per_min": linear_trend(full),
                            "later_half_slope_mb_per_min": linear_trend(later)},
     }
+    for key in ("malloc_in_use_mb", "malloc_arena_mb"):  # the learner's own split (rows from before it lack it)
+        series = [r[key] for r in whole if r["buffer_full"] and r.get(key) is not None]
+        if series:
+            out[key.replace("_mb", "_after_full")] = {"slope_mb_per_min": linear_trend(series),
+                                                      "later_half_slope_mb_per_min": linear_trend(series[len(series) // 2:])}
+    return out
 
 
 def run(clients: int = 64, procs: int = 8, minutes: float = 10.0, workdir: str | None = None,
@@ -401,7 +427,8 @@ def run(clients: int = 64, procs: int = 8, minutes: float = 10.0, workdir: str |
     acked = {a["ack"] for a in acks}
     mean_steps = float(np.mean([a["steps"] for a in acks])) if acks else 0.0
     rows = per_minute(acks, rss, t_start, end_at, capacity / mean_steps if mean_steps else None,
-                      rss_all if (replicas or learner_procs > 1) else None)
+                      rss_all if (replicas or learner_procs > 1) else None,
+                      learner_memory(os.path.join(run_dir, "logs", "metrics.jsonl")))
     rates = np.array([r["acks_per_s"] for r in rows])
     slope = float(np.polyfit(np.arange(len(rates)), rates, 1)[0]) if len(rates) > 1 else 0.0
     full_rss = [r["rss_mb"] for r in rows if r["buffer_full"] and r["rss_mb"] is not None]
@@ -468,6 +495,12 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append(f"Trends: acks/s {iv(a, 'per minute')} on a mean of {a['mean']:.1f}; learner RSS over the "
                      f"{m['minutes']} minutes with the buffer full {f(m['first_mb'], 0)} -> {f(m['last_mb'], 0)} MB, slope "
                      f"{iv(m['slope_mb_per_min'], 'MB/min')}, over their later half {iv(m['later_half_slope_mb_per_min'], 'MB/min')}.")
+        for key, what in (("malloc_in_use_after_full", "malloc in use (live allocations)"),
+                          ("malloc_arena_after_full", "malloc arenas (in use + free inside)")):
+            if key in res["trends"]:
+                h = res["trends"][key]
+                lines.append(f"Learner {what}: slope {iv(h['slope_mb_per_min'], 'MB/min')}, over the later half "
+                             f"{iv(h['later_half_slope_mb_per_min'], 'MB/min')}.")
     if "learned_after_restart" in e:
         lines.append(f"Committed (commit records) {e['stored']}; process 0 re-read {e['learned_after_restart']} after the "
                      f"restart ({rs.get('tail_read_episodes')} in {rs.get('tail_read_s')} s), {e['learned_twice']} twice, "

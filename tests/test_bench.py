@@ -57,6 +57,12 @@ def test_soak_episodes_are_schema_valid_and_minutes_are_binned_by_their_length()
     assert rows[0]["acks_per_s"] == 2.0 and rows[1]["acks_per_s"] == 2.0  # 120 acks / 60 s, 60 acks / 30 s
     assert abs(rows[1]["ack_p50_s"] - 0.2) < 1e-9 and rows[0]["rss_mb"] == 500.0 and rows[1]["rss_mb"] == 520.0
     assert not rows[0]["buffer_full"] and rows[1]["buffer_full"]
+    # The learner's own memory/* lines: each minute keeps its last in-use and arena sizes; a minute without any: None
+    heap = [(105.0, {"malloc_in_use_mb": 700.0, "malloc_arena_mb": 1200.0}),
+            (150.0, {"malloc_in_use_mb": 701.0, "malloc_arena_mb": 1210.0}), (200.0, {"malloc_in_use_mb": 1.0})]
+    rows = per_minute(acks, [], 100.0, 190.0, episodes_to_fill=150, memory=heap)
+    assert (rows[0]["malloc_in_use_mb"], rows[0]["malloc_arena_mb"]) == (701.0, 1210.0)
+    assert rows[1]["malloc_in_use_mb"] is None and "malloc_in_use_mb" not in per_minute(acks, [], 100.0, 190.0, 150)[0]
 
 
 def test_soak_trends_tell_a_memory_that_levels_off_from_one_that_keeps_growing():
@@ -74,6 +80,13 @@ def test_soak_trends_tell_a_memory_that_levels_off_from_one_that_keeps_growing()
     climbing = [{**r, "rss_mb": 2000 + 2.0 * r["minute"]} for r in level]
     c = trends(climbing, minutes=40.0)["rss_after_full"]["later_half_slope_mb_per_min"]
     assert abs(c["slope"] - 2.0) < 1e-9 and c["lo"] > 1.9
+    # With the learner's split: fragmentation (arenas climb, live allocations level) is told from a leak
+    assert "malloc_in_use_after_full" not in trends(level, minutes=40.0)
+    split = [{**r, "malloc_in_use_mb": 700 + 0.5 * wiggle[r["minute"] - 1], "malloc_arena_mb": 1200 + 3.0 * r["minute"]}
+             for r in level]
+    t = trends(split, minutes=40.0)
+    live, arena = (t[k]["later_half_slope_mb_per_min"] for k in ("malloc_in_use_after_full", "malloc_arena_after_full"))
+    assert live["lo"] < 0 < live["hi"] and abs(arena["slope"] - 3.0) < 1e-9
 
 
 def test_episode_to_sampleable_counts_to_the_first_update_whose_batch_was_built_after_it():

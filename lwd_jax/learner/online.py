@@ -49,6 +49,7 @@ from lwd_jax.data.normalize import NormStats
 from lwd_jax.data.replay import TransitionBuffer
 from lwd_jax.learner.auth import CredentialsError, TokenAuth, add_robot, load_token_hashes
 from lwd_jax.learner.fleet_store import FleetEpisode, FleetStore, fleet_summary
+from lwd_jax.learner.heap import memory_stats
 from lwd_jax.learner.local_fleet import LocalFleet, plan_fleet
 from lwd_jax.learner.loop import Learner, Phase, UpdateFn
 from lwd_jax.learner.replicas import DirectoryPolicies, ReplicaSet, SharedStore, StoreTail
@@ -287,7 +288,9 @@ def run_online(
         return {"fleet/episodes": len(store), "fleet/version": versions[-1], "fleet/transitions": store.num_transitions(),
                 **{f"fleet/{t}/success": s["success"] for t, s in summ.items()},
                 **{f"fleet/{t}/cycle_steps": s["cycle_steps"] for t, s in summ.items()
-                   if s["cycle_steps"] == s["cycle_steps"]}}  # NaN: no success in the window
+                   if s["cycle_steps"] == s["cycle_steps"]},  # NaN: no success in the window
+                # a long-running learner's memory, split so a leak can be told from the allocator (learner/heap.py)
+                **{f"memory/{k}": v for k, v in memory_stats().items()}}
 
     phase = Phase("online", total_steps, update, batches, after_update=after_update, extra_logs=fleet_logs,
                   checkpoint_meta=lambda: {"version": versions[-1], "fleet_episodes": len(store)},
