@@ -20,15 +20,15 @@ processes (every one tails the replicas' store, process 0 publishes); `--kill-re
 replica S seconds into the run (its clients go on with the others). The store is then counted by its commit
 records, and process 0's fleet log after the restart (a fresh re-read of the store) by episode id.
 
-Figures, per minute of the run: acks/s, ack latency p50/p99 (client side, retries included), learner RSS
-(max of 5 s samples), the learner's own malloc split (bytes in use and arena size, from its memory/* log lines:
-a leak grows the first, allocator fragmentation the second; lwd_jax/learner/heap.py) and fleet-buffer fill; totals: episodes sent / acknowledged / stored / lost /
-duplicated, and the restart's rebuild time. Goals (issue 16): no downward trend in acks/s, RSS flat once
-the replay buffer is full, 0 lost, 0 duplicated. The episodes are synthetic but schema-valid for the
-dataset's real tasks (random states and actions, lengths up to the task's step budget), so the learner's
-whole ingest path runs: wire decode, validation, the durable shard + manifest append, transitions into the
-replay buffer, and training on them. Everything shares this machine's cores, clients included: compare
-minutes of one run, not runs of two machines.
+Figures, per minute of the run: acks/s, ack latency p50/p99 (client side, retries included), learner RSS (max of
+5 s samples), the learner's own malloc split (bytes in use and arena size, from its memory/* log lines: a leak
+grows the first, allocator fragmentation the second; lwd_jax/learner/heap.py) and fleet-buffer fill; totals:
+episodes sent / acknowledged / stored / lost / duplicated, and the restart's rebuild time. Goals (issue 16): no
+downward trend in acks/s, RSS flat once the replay buffer is full, 0 lost, 0 duplicated. The episodes are
+synthetic but schema-valid for the dataset's real tasks (random states and actions, lengths up to the task's step
+budget), so the learner's whole ingest path runs: wire decode, validation, the durable shard + manifest append,
+transitions into the replay buffer, and training on them. Everything shares this machine's cores, clients
+included: compare minutes of one run, not runs of two machines.
 
 Cadences: the learner runs serve's smoke config (tiny nets, so the clients and the learner fit on 2 cores) but
 checkpoints every `CHECKPOINT_EVERY` updates, as a serving learner does, not every 2 as the smoke tests do. Why
@@ -67,6 +67,7 @@ from experiments.configs.serve import get_config as serve_config
 from fleet_api.schema import Episode, validate_episode
 from lwd_jax.data.rlds_reader import RLDSReader
 from lwd_jax.learner.auth import add_robot
+from lwd_jax.learner.heap import rss_bytes
 from lwd_jax.learner.replicas import SharedStore, iter_commits
 from lwd_jax.sim.generate import generate
 from lwd_jax.sim.tasks import get_task
@@ -151,15 +152,10 @@ def _worker(target: str, creds: list[tuple[str, str]], tasks: list[str], max_len
 
 
 def rss_mb(pid: int) -> float | None:
-    """Resident memory of `pid` in MB (None once it has gone): the figure every memory experiment reports."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for ln in f:
-                if ln.startswith("VmRSS:"):
-                    return int(ln.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
+    """Resident memory of `pid` in MB (None once it has gone): the figure every memory experiment reports, read as
+    the learner reads its own (lwd_jax/learner/heap.py)."""
+    rss = rss_bytes(pid)
+    return None if rss is None else rss / 2**20
 
 
 def _tree_rss_mb(pid: int) -> float | None:
@@ -238,7 +234,8 @@ def learner_memory(metrics_path: str) -> list[tuple[float, dict[str, float]]]:
             for ln in f:
                 if '"memory/' in ln:
                     rec = json.loads(ln)
-                    out.append((float(rec["time"]), {k.split("/", 1)[1]: v for k, v in rec.items() if k.startswith("memory/")}))
+                    memory = {k.split("/", 1)[1]: v for k, v in rec.items() if k.startswith("memory/")}
+                    out.append((float(rec["time"]), memory))
     return out
 
 
@@ -264,8 +261,8 @@ def per_minute(acks: list[dict[str, Any]], rss: list[tuple[float, float]], t0: f
             **({"rss_all_mb": max(mem_all) if mem_all else None} if rss_all is not None else {}),
             "buffer_full": bool(episodes_to_fill is not None and n_acked >= episodes_to_fill),
         })
-        heap = [h for t, h in memory or [] if lo <= t < hi and "malloc_in_use_mb" in h]
         if memory is not None:
+            heap = [h for t, h in memory if lo <= t < hi and "malloc_in_use_mb" in h]
             rows[-1].update(malloc_in_use_mb=heap[-1]["malloc_in_use_mb"] if heap else None,
                             malloc_arena_mb=heap[-1]["malloc_arena_mb"] if heap else None)
     return rows
@@ -308,8 +305,9 @@ def trends(rows: list[dict[str, Any]], minutes: float) -> dict[str, Any]:
     for key in ("malloc_in_use_mb", "malloc_arena_mb"):  # the learner's own split (rows from before it lack it)
         series = [r[key] for r in whole if r["buffer_full"] and r.get(key) is not None]
         if series:
-            out[key.replace("_mb", "_after_full")] = {"slope_mb_per_min": linear_trend(series),
-                                                      "later_half_slope_mb_per_min": linear_trend(series[len(series) // 2:])}
+            out[key.replace("_mb", "_after_full")] = {
+                "slope_mb_per_min": linear_trend(series),
+                "later_half_slope_mb_per_min": linear_trend(series[len(series) // 2:])}
     return out
 
 

@@ -87,10 +87,10 @@ def configure_allocator(arena_max: int = ARENA_MAX, mmap_threshold: int = MMAP_T
     return applied
 
 
-def rss_bytes() -> int | None:
-    """This process's resident memory (Linux /proc; None elsewhere)."""
+def rss_bytes(pid: int | str = "self") -> int | None:
+    """Resident memory of process `pid` (this one by default) from Linux /proc; None elsewhere or once it has gone."""
     try:
-        with open("/proc/self/statm") as f:
+        with open(f"/proc/{pid}/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
